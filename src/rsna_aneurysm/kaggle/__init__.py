@@ -1,0 +1,1 @@
+"""kaggle stage."""
