@@ -1,0 +1,92 @@
+"""Head and (crude) brain masks by thresholding and morphology.
+
+Learned skull strippers (SynthStrip and the like) need model weights the kit cannot ship; see the README for how
+to plug one in through :func:`register_mask_fn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..volume import Volume
+
+_CUSTOM: dict[str, Callable[[Volume], np.ndarray]] = {}
+
+
+def register_mask_fn(name: str, fn: Callable[[Volume], np.ndarray]) -> None:
+    """Make ``fn(volume) -> uint8 mask`` (same array shape) available as ``PreprocessConfig.mask = name``."""
+    _CUSTOM[name] = fn
+
+
+def _largest_component(img: sitk.Image) -> sitk.Image:
+    cc = sitk.ConnectedComponent(img)
+    relabeled = sitk.RelabelComponent(cc, sortByObjectSize=True)
+    return sitk.Cast(relabeled == 1, sitk.sitkUInt8)
+
+
+def _radius(vol: Volume, mm: float) -> list[int]:
+    return [max(1, int(round(mm / s))) for s in vol.spacing]
+
+
+def head_mask(vol: Volume, ct_threshold: float = -500.0, closing_mm: float = 3.0) -> np.ndarray:
+    """Everything that is head, not air: threshold (HU for CT, Otsu for MR), largest component, holes filled."""
+    img = vol.to_sitk()
+    if vol.modality == "CTA" or vol.meta.get("dicom_modality") == "CT":
+        fg = sitk.Cast(img > ct_threshold, sitk.sitkUInt8)
+    else:
+        smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(img, sitk.sitkFloat32), 1.5)
+        # Otsu over all voxels puts the cut between air and tissue; halve it so dark tissue (bone, CSF on T1)
+        # stays inside the head.
+        otsu = sitk.OtsuThresholdImageFilter()
+        otsu.SetInsideValue(0)
+        otsu.SetOutsideValue(1)
+        otsu.Execute(smooth)
+        fg = sitk.Cast(smooth > 0.5 * otsu.GetThreshold(), sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(fg).any():
+        return np.zeros(vol.array.shape, dtype=np.uint8)
+    fg = _largest_component(fg)
+    fg = sitk.BinaryMorphologicalClosing(fg, _radius(vol, closing_mm))
+    fg = sitk.BinaryFillhole(fg)
+    # Fill slice-wise too: cavities open to the edge of the field of view survive a 3D fill.
+    arr = sitk.GetArrayFromImage(fg)
+    for k in range(arr.shape[0]):
+        sl = sitk.GetImageFromArray(arr[k])
+        arr[k] = sitk.GetArrayFromImage(sitk.BinaryFillhole(sl))
+    return arr.astype(np.uint8)
+
+
+def brain_mask(vol: Volume, head: np.ndarray | None = None, erosion_mm: float = 8.0,
+               ct_range: tuple[float, float] = (0.0, 100.0)) -> np.ndarray:
+    """A crude brain mask: the head mask eroded past scalp and skull; for CT also restricted to brain HU."""
+    head = head_mask(vol) if head is None else head
+    img = sitk.GetImageFromArray(head.astype(np.uint8))
+    img.SetSpacing(vol.spacing)
+    eroded = sitk.BinaryErode(img, _radius(vol, erosion_mm))
+    arr = sitk.GetArrayFromImage(eroded).astype(bool)
+    if vol.modality == "CTA" or vol.meta.get("dicom_modality") == "CT":
+        arr &= (vol.array >= ct_range[0]) & (vol.array <= ct_range[1])
+    if not arr.any():
+        return arr.astype(np.uint8)
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out = _largest_component(out)
+    out = sitk.BinaryMorphologicalClosing(out, _radius(vol, 3.0))
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(out)).astype(np.uint8)
+
+
+def compute_mask(vol: Volume, kind: str) -> np.ndarray | None:
+    """Mask of ``kind`` ("none", "head", "brain" or a registered name) for ``vol``."""
+    if kind == "none":
+        return None
+    if kind == "head":
+        return head_mask(vol)
+    if kind == "brain":
+        return brain_mask(vol)
+    if kind in _CUSTOM:
+        m = np.asarray(_CUSTOM[kind](vol)).astype(np.uint8)
+        if m.shape != vol.array.shape:
+            raise ValueError(f"mask function {kind!r} returned shape {m.shape}, expected {vol.array.shape}")
+        return m
+    raise ValueError(f"unknown mask kind {kind!r}; choose none, head, brain or one of {sorted(_CUSTOM)}")
