@@ -15,6 +15,7 @@ import sys
 # and a missing optional dependency breaks only the command that needs it.
 COMMAND_MODULES: tuple[str, ...] = (
     "rsna_aneurysm.data.cli",
+    "rsna_aneurysm.data.cache_cli",
     "rsna_aneurysm.preprocess.cli",
     "rsna_aneurysm.evaluate.cli",
     "rsna_aneurysm.train.cli",

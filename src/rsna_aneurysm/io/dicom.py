@@ -117,26 +117,31 @@ def _functional(ds, frame: int, seq_name: str, attr: str):
     return None
 
 
-def _number_of_frames(ds, path: Path) -> int:
+def _number_of_frames(ds, path: Path, only_file: bool) -> int:
     n = _get(ds, "NumberOfFrames")
     if n is not None:
         return int(n)
     if "PixelData" not in ds:
         return 1
-    # Test-time files drop NumberOfFrames: infer it from the pixel bytes.
+    # Test-time files drop NumberOfFrames: infer it from the pixel data.
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         rows, cols, bits = int(ds.Rows), int(ds.Columns), int(_get(ds, "BitsAllocated", 16))
         per_frame = rows * cols * int(_get(ds, "SamplesPerPixel", 1)) * bits // 8
         return max(1, len(ds.PixelData) // per_frame) if per_frame else 1
-    from pydicom.encaps import get_nr_fragments
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
 
     try:
-        return max(1, get_nr_fragments(ds.PixelData))
+        offsets = parse_basic_offsets(ds.PixelData)
+        if offsets:
+            return len(offsets)
+        # No offset table: a frame may span several fragments, so count fragments as frames only for a file that
+        # is the whole series (the multi-frame case, where one fragment per frame is the norm).
+        return max(1, parse_fragments(ds.PixelData)[0]) if only_file else 1
     except Exception:  # malformed encapsulation: decoding will report it
         return 1
 
 
-def _read_file(path: Path) -> list[_Slice]:
+def _read_file(path: Path, only_file: bool = False) -> list[_Slice]:
     """Parse one file into its slices (several for a multi-frame file); pixels are decoded later."""
     try:
         ds = pydicom.dcmread(path)
@@ -158,7 +163,7 @@ def _read_file(path: Path) -> list[_Slice]:
     intercept = float(_get(ds, "RescaleIntercept", 0.0))
     instance = _get(ds, "InstanceNumber")
     instance = int(instance) if instance is not None else None
-    n_frames = _number_of_frames(ds, path)
+    n_frames = _number_of_frames(ds, path, only_file)
     if n_frames == 1:
         ps = tuple(top_ps) if top_ps is not None else None
         return [_Slice(path, sop, None, rows, cols, top_iop, top_ipp, ps, instance, slope, intercept,
@@ -270,13 +275,14 @@ def load_series(folder: str | Path, options: LoadOptions | None = None, modality
     folder = Path(folder)
     warnings: list[str] = []
     slices: list[_Slice] = []
-    for path in _list_files(folder):
+    files = _list_files(folder)
+    for path in files:
         try:
-            slices.extend(_read_file(path))
+            slices.extend(_read_file(path, only_file=len(files) == 1))
         except InvalidDicomError:
             warnings.append(f"skipped {path.name}: not a DICOM file")
     if not slices:
-        raise DicomSeriesError(f"{folder}: no DICOM files among {len(_list_files(folder))} file(s)")
+        raise DicomSeriesError(f"{folder}: no DICOM files among {len(files)} file(s)")
 
     # Keep the majority geometry group; name what is dropped.
     groups = Counter(_geometry_key(s) for s in slices)

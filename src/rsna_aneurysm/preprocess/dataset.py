@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -156,7 +157,9 @@ def preprocess_dataset(data_dir: str | Path, out_dir: str | Path, cfg: Preproces
         for args in todo:
             _report(process_one(*args), bar)
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        # spawn, not fork: polars and SimpleITK hold thread pools that a forked child can deadlock on.
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, mp_context=ctx) as pool:
             for rec in pool.map(process_one, *zip(*todo), chunksize=1) if todo else []:
                 _report(rec, bar)
     bar.close()

@@ -1,0 +1,40 @@
+"""``rsna-aneurysm synth``: write a synthetic dataset in the competition's layout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "synth", help="write a synthetic competition dataset (CSVs, DICOM series, segmentations, test layout)",
+        description="Write a synthetic dataset in the competition's exact layout (docs/synthetic_data.md).")
+    p.add_argument("--out", type=Path, required=True, help="output folder (the competition input folder)")
+    p.add_argument("--n-series", type=int, required=True, help="number of train series")
+    p.add_argument("--preset", choices=("tiny", "small", "full"), default="small",
+                   help="image size: tiny (unit tests), small (CPU demo), full (512 x 512 x ~300)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    p.add_argument("--n-test", type=int, default=None, help="test series beyond the train ones (default max(2, N/5))")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--overwrite", action="store_true", help="replace a synthetic dataset already in --out")
+    p.set_defaults(func=run_synth)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from .synth import generate_dataset
+
+    try:
+        summary = generate_dataset(args.out, args.n_series, preset=args.preset, seed=args.seed, n_test=args.n_test,
+                                   workers=args.workers, overwrite=args.overwrite,
+                                   progress=sys.stderr.isatty())
+    except (FileExistsError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0

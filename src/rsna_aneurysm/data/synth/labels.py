@@ -1,0 +1,174 @@
+"""Label statistics of the synthetic dataset: who is a patient, which series are positive, where the aneurysms are.
+
+The targets follow the real training set (``shared/docs/competition.md``): modality mix 1808/1252/983/305, 43 %
+of series positive, about 2,251 aneurysms over about 1,862 positive series, ~1.2 series per patient. Counts are
+allocated by quota (largest remainder) rather than drawn independently, so even a 24-series demo set has the right
+mix and both classes, and a 4,348-series draw matches the targets almost exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from pydicom.uid import generate_uid
+
+from ...constants import ANEURYSM_PRESENT, ID_COL, LOCATION_COLS, MODALITIES, TRAIN_COLS
+
+# Series per modality in the real training set.
+MODALITY_COUNTS: dict[str, int] = {"CTA": 1808, "MRA": 1252, "MRI T2": 983, "MRI T1post": 305}
+POSITIVE_RATE = 1864 / 4348
+# Aneurysms per location (localizer rows). AComA (most common) and Left ACA (rarest) are the published figures;
+# the others are plausible made-up values that sum to the published total of 2,251.
+LOCATION_COUNTS: dict[str, int] = {
+    "Left Infraclinoid Internal Carotid Artery": 150,
+    "Right Infraclinoid Internal Carotid Artery": 130,
+    "Left Supraclinoid Internal Carotid Artery": 310,
+    "Right Supraclinoid Internal Carotid Artery": 290,
+    "Left Middle Cerebral Artery": 270,
+    "Right Middle Cerebral Artery": 280,
+    "Anterior Communicating Artery": 363,
+    "Left Anterior Cerebral Artery": 46,
+    "Right Anterior Cerebral Artery": 55,
+    "Left Posterior Communicating Artery": 90,
+    "Right Posterior Communicating Artery": 95,
+    "Basilar Tip": 110,
+    "Other Posterior Circulation": 62,
+}
+# Aneurysms per positive series: 1, 2 or 3 (mean 1.21 = 2251 / 1862).
+ANEURYSM_COUNT_PROBS: tuple[float, ...] = (0.83, 0.13, 0.04)
+# Series per patient: 1 or 2 (mean 1.2). Sets under 8 series use one series per patient.
+SERIES_PER_PATIENT_PROBS: tuple[float, ...] = (0.8, 0.2)
+FEMALE_RATE = 0.62
+AGE_MEAN, AGE_SD, AGE_MIN, AGE_MAX = 57.0, 14.0, 18, 89
+
+SPLIT_CODES = {"train": 1, "test": 2, "series": 3}
+
+
+@dataclass
+class Case:
+    """The label-level description of one series: identity, demographics, modality and its aneurysm locations."""
+
+    series_uid: str
+    patient_id: str
+    age: int
+    sex: str
+    modality: str
+    locations: tuple[str, ...]  # one entry per aneurysm; a location may repeat
+
+    @property
+    def positive(self) -> bool:
+        return bool(self.locations)
+
+
+def make_uid(seed: int, *parts: object) -> str:
+    """A deterministic DICOM UID (pydicom's root, like the competition's) derived from the seed and ``parts``."""
+    return str(generate_uid(entropy_srcs=["rsna-aneurysm-synth", str(seed), *(str(p) for p in parts)]))
+
+
+def quota(n: int, weights: np.ndarray) -> np.ndarray:
+    """Integer counts summing to ``n`` proportional to ``weights`` (largest remainder method)."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = n * w / w.sum()
+    counts = np.floor(exact).astype(int)
+    rest = n - int(counts.sum())
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:rest]] += 1
+    return counts
+
+
+def location_probs() -> np.ndarray:
+    """Probability of each location (LOCATION_COLS order) for one aneurysm."""
+    w = np.array([LOCATION_COUNTS[name] for name in LOCATION_COLS], dtype=np.float64)
+    return w / w.sum()
+
+
+def draw_locations(rng: np.random.Generator) -> tuple[str, ...]:
+    """The aneurysm locations of one positive series (1-3 aneurysms, repeats allowed)."""
+    k = 1 + int(rng.choice(len(ANEURYSM_COUNT_PROBS), p=ANEURYSM_COUNT_PROBS))
+    idx = rng.choice(len(LOCATION_COLS), size=k, p=location_probs())
+    return tuple(LOCATION_COLS[i] for i in idx)
+
+
+def _patient_sizes(n: int, rng: np.random.Generator) -> list[int]:
+    if n < 8:
+        return [1] * n
+    sizes: list[int] = []
+    while sum(sizes) < n:
+        sizes.append(1 + int(rng.choice(len(SERIES_PER_PATIENT_PROBS), p=SERIES_PER_PATIENT_PROBS)))
+    sizes[-1] -= sum(sizes) - n
+    return sizes
+
+
+def draw_cases(n_series: int, seed: int, split: str = "train") -> list[Case]:
+    """Draw ``n_series`` cases (sorted by SeriesInstanceUID) with the competition's label statistics.
+
+    With ``n_series >= 2`` there is at least one positive and one negative series.
+    """
+    if n_series < 0:
+        raise ValueError(f"n_series must be >= 0, got {n_series}")
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], 11])
+    sizes = _patient_sizes(n_series, rng)
+    target = int(round(POSITIVE_RATE * n_series))
+    if n_series >= 2:
+        target = min(max(target, 1), n_series - 1)
+    positive = np.zeros(len(sizes), dtype=bool)
+    n_pos = 0
+    for p in rng.permutation(len(sizes)):
+        if n_pos + sizes[p] <= target:
+            positive[p] = True
+            n_pos += sizes[p]
+    modality_counts = quota(n_series, np.array([MODALITY_COUNTS[m] for m in MODALITIES]))
+    modalities = rng.permutation(np.repeat(np.arange(len(MODALITIES)), modality_counts))
+    # Aneurysms per positive patient, then locations for all of them by quota, dealt out in random order.
+    n_aneurysms = 1 + rng.choice(len(ANEURYSM_COUNT_PROBS), size=int(positive.sum()), p=ANEURYSM_COUNT_PROBS)
+    slots = rng.permutation(np.repeat(np.arange(len(LOCATION_COLS)), quota(int(n_aneurysms.sum()), location_probs())))
+    bounds = np.concatenate([[0], np.cumsum(n_aneurysms)])
+    cases: list[Case] = []
+    s = q = 0
+    for p, size in enumerate(sizes):
+        age = int(np.clip(round(rng.normal(AGE_MEAN, AGE_SD)), AGE_MIN, AGE_MAX))
+        sex = "Female" if rng.random() < FEMALE_RATE else "Male"
+        locations: tuple[str, ...] = ()
+        if positive[p]:
+            locations = tuple(LOCATION_COLS[i] for i in slots[bounds[q]:bounds[q + 1]])
+            q += 1
+        patient_id = f"SYN{split[:2].upper()}{seed}P{p:05d}"
+        for _ in range(size):
+            cases.append(Case(series_uid=make_uid(seed, split, "series", s), patient_id=patient_id, age=age,
+                              sex=sex, modality=MODALITIES[modalities[s]], locations=locations))
+            s += 1
+    return sorted(cases, key=lambda c: c.series_uid)
+
+
+def label_row(case: Case) -> dict[str, object]:
+    """One train.csv row (TRAIN_COLS order) for a case."""
+    row: dict[str, object] = {ID_COL: case.series_uid, "PatientAge": case.age, "PatientSex": case.sex,
+                              "Modality": case.modality}
+    for name in LOCATION_COLS:
+        row[name] = int(name in case.locations)
+    row[ANEURYSM_PRESENT] = int(case.positive)
+    return row
+
+
+def cases_frame(cases: list[Case], with_patient: bool = False) -> pl.DataFrame:
+    """train.csv-shaped table of ``cases`` (plus PatientID when asked), label columns as Int64."""
+    schema: dict[str, pl.DataType] = {c: pl.Int64 for c in TRAIN_COLS}
+    schema.update({ID_COL: pl.String, "PatientSex": pl.String, "Modality": pl.String})
+    rows = [label_row(c) for c in cases]
+    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    if with_patient:
+        df = df.with_columns(pl.Series("PatientID", [c.patient_id for c in cases], dtype=pl.String))
+    return df
+
+
+def draw_label_table(n_series: int, seed: int) -> pl.DataFrame:
+    """The train.csv table (18 columns plus ``PatientID``) that ``generate_dataset`` would write, without rendering.
+
+    Equal to the train split of ``generate_dataset(out, n_series, seed=seed)``; fold splitting tests use it at the
+    real size (4,348 series).
+    """
+    return cases_frame(draw_cases(n_series, seed, "train"), with_patient=True)
