@@ -183,3 +183,30 @@ def test_single_slice_is_an_error(tmp_path):
         p.unlink()
     with pytest.raises(DicomSeriesError, match="usable slice"):
         load_series(folder)
+
+
+@pytest.mark.parametrize("name", ["axial", "reversed", "test_tags", "multiframe", "rle", "odd_slice"])
+def test_fast_header_path_equals_pydicom_path(tmp_path, name):
+    from rsna_aneurysm.io.dicom import LoadOptions
+
+    folder, _ = _make(tmp_path, name, GEOMETRIES[name])
+    fast = load_series(folder, LoadOptions(fast_headers=True))
+    slow = load_series(folder, LoadOptions(fast_headers=False))
+    assert np.array_equal(fast.array, slow.array) and fast.array.dtype == slow.array.dtype
+    assert fast.spacing == slow.spacing and fast.origin == slow.origin
+    assert fast.meta["sop_uids"] == slow.meta["sop_uids"] and fast.meta["warnings"] == slow.meta["warnings"]
+
+
+def test_implicit_vr_files_take_the_fast_path(tmp_path):
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from rsna_aneurysm.io.dicom_fast import parse_header
+
+    folder, truth = _make(tmp_path, "a", SeriesSpec(modality="MRA"))
+    for p in _files(folder):
+        ds = pydicom.dcmread(p)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(p, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    assert all(parse_header(p) is not None for p in _files(folder))
+    vol = load_series(folder)
+    assert np.allclose(vol.array, truth["volume"].array, atol=1e-3 * float(np.abs(truth["volume"].array).max()))

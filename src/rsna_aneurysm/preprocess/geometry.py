@@ -42,32 +42,47 @@ def reorient_canonical(vol: Volume) -> Volume:
     for w in range(3):
         if signs[w] < 0:
             corner[perm[w]] = shape_ijk[perm[w]] - 1
+    return Volume(array=np.ascontiguousarray(arr), spacing=tuple(np.asarray(vol.spacing)[perm]),
+                  origin=tuple(vol.index_to_world(corner)), direction=new_dir, modality=vol.modality,
+                  meta=_source_meta(vol))
+
+
+def _source_meta(vol: Volume) -> dict:
+    """Meta for a volume derived from ``vol`` on another grid: per-slice provenance (which no longer indexes ``k``)
+    and the source geometry move to ``source_*`` keys."""
     meta = dict(vol.meta)
     for key in ("sop_uids", "frames"):
         if key in meta:
             meta["source_" + key] = meta.pop(key)
     meta.setdefault("source_geometry", {"spacing": list(vol.spacing), "origin": list(vol.origin),
-                                        "direction": vol.direction.tolist(), "shape_ijk": list(shape_ijk),
+                                        "direction": vol.direction.tolist(), "shape_ijk": list(vol.shape_ijk),
                                         "orientation": vol.orientation_code()})
-    return Volume(array=np.ascontiguousarray(arr), spacing=tuple(np.asarray(vol.spacing)[perm]),
-                  origin=tuple(vol.index_to_world(corner)), direction=new_dir, modality=vol.modality, meta=meta)
+    return meta
 
 
-def canonical_grid(vol: Volume, spacing: tuple[float, float, float]) -> tuple[tuple, tuple, tuple]:
-    """(origin, spacing, size_ijk) of the identity-direction grid at ``spacing`` covering ``vol``'s voxel centres."""
+def canonical_grid(vol: Volume, spacing: tuple[float, float, float], bounds: tuple | None = None,
+                   ) -> tuple[tuple, tuple, tuple]:
+    """(origin, spacing, size_ijk) of the identity-direction grid at ``spacing`` covering ``vol``'s voxel centres,
+    optionally only the part inside the world box ``bounds = (lo_xyz, hi_xyz)``."""
     n = np.asarray(vol.shape_ijk) - 1
     corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])], dtype=np.float64)
     world = vol.index_to_world(corners)
     lo, hi = world.min(0), world.max(0)
+    if bounds is not None:
+        lo, hi = np.maximum(lo, bounds[0]), np.minimum(hi, bounds[1])
+        if np.any(hi < lo):
+            raise ValueError(f"bounds {bounds} do not overlap the volume ({lo}..{hi})")
     sp = np.asarray(spacing, dtype=np.float64)
     size = np.floor((hi - lo) / sp + 1e-6).astype(int) + 1
     return tuple(lo), tuple(sp), tuple(int(s) for s in size)
 
 
 def resample(vol: Volume, spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0), interpolator: str = "linear",
-             default_value: float | None = None, reference: Volume | None = None, dtype=np.float32) -> Volume:
+             default_value: float | None = None, reference: Volume | None = None, dtype=np.float32,
+             bounds: tuple | None = None) -> Volume:
     """Resample onto an identity-direction grid at ``spacing`` covering ``vol`` (or onto ``reference``'s grid).
 
+    ``bounds`` (world ``(lo_xyz, hi_xyz)``) limits the grid to a box, e.g. the head (see ``mask.head_bounds``).
     ``default_value`` fills points outside the source (default: the volume's minimum, i.e. air).
     """
     if interpolator not in _INTERPOLATORS:
@@ -75,7 +90,7 @@ def resample(vol: Volume, spacing: tuple[float, float, float] | None = (1.0, 1.0
     if reference is not None:
         origin, sp, size, direction = reference.origin, reference.spacing, reference.shape_ijk, reference.direction
     else:
-        origin, sp, size = canonical_grid(vol, spacing if spacing is not None else vol.spacing)
+        origin, sp, size = canonical_grid(vol, spacing if spacing is not None else vol.spacing, bounds)
         direction = np.eye(3)
     if default_value is None:
         default_value = float(vol.array.min()) if vol.array.size else 0.0
@@ -84,5 +99,5 @@ def resample(vol: Volume, spacing: tuple[float, float, float] | None = (1.0, 1.0
     img = sitk.Resample(src, [int(s) for s in size], sitk.Transform(), _INTERPOLATORS[interpolator],
                         [float(o) for o in origin], [float(s) for s in sp], [float(v) for v in np.ravel(direction)],
                         float(default_value), out_type)
-    out = Volume.from_sitk(img, modality=vol.modality, meta=dict(vol.meta))
-    return out
+    del src  # free the source copy before the output is copied out: bounds peak memory
+    return Volume.from_sitk(img, modality=vol.modality, meta=_source_meta(vol))

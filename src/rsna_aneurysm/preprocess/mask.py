@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from ..volume import Volume
 
@@ -31,10 +32,53 @@ def _radius(vol: Volume, mm: float) -> list[int]:
     return [max(1, int(round(mm / s))) for s in vol.spacing]
 
 
-def head_mask(vol: Volume, ct_threshold: float = -500.0, closing_mm: float = 3.0) -> np.ndarray:
-    """Everything that is head, not air: threshold (HU for CT, Otsu for MR), largest component, holes filled."""
+def _is_ct(vol: Volume) -> bool:
+    return vol.modality == "CTA" or vol.meta.get("dicom_modality") == "CT"
+
+
+def head_bounds(vol: Volume, margin_mm: float = 10.0, step_mm: float = 4.0, ct_threshold: float = -500.0,
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """World box ``(lo_xyz, hi_xyz)`` around the head (largest bright component on a strided ~4 mm subsample),
+    widened by ``margin_mm``; ``None`` when nothing stands out. Costs milliseconds; it lets resampling and every
+    later stage skip the air around the head."""
+    step = [max(1, int(round(step_mm / s))) for s in vol.spacing]  # (i, j, k)
+    sub = np.asarray(vol.array[:: step[2], :: step[1], :: step[0]], dtype=np.float32)
+    if sub.size == 0:
+        return None
+    if _is_ct(vol):
+        fg = sub > ct_threshold
+    else:
+        hi = float(np.percentile(sub, 99.0))
+        fg = sub > 0.1 * hi if hi > 0 else sub > hi
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    k, j, i = np.nonzero(labels == int(np.argmax(sizes)) + 1)
+    idx = np.c_[i * step[0], j * step[1], k * step[2]].astype(np.float64)
+    lo_i, hi_i = idx.min(0) - np.asarray(step), idx.max(0) + np.asarray(step)  # a subsample step of slack
+    corners = np.array([[a, b, c] for a in (lo_i[0], hi_i[0]) for b in (lo_i[1], hi_i[1]) for c in (lo_i[2], hi_i[2])])
+    world = vol.index_to_world(corners)
+    return world.min(0) - margin_mm, world.max(0) + margin_mm
+
+
+def head_mask(vol: Volume, ct_threshold: float = -500.0, closing_mm: float = 3.0, work_mm: float = 2.0) -> np.ndarray:
+    """Everything that is head, not air: threshold (HU for CT, Otsu for MR), largest component, holes filled.
+
+    Computed on a grid of about ``work_mm`` voxels (a head outline needs no more) and brought back to ``vol``'s
+    grid by nearest-neighbour sampling: 10-30x cheaper than working at 1 mm.
+    """
+    shrink = [max(1, int(round(work_mm / s))) for s in vol.spacing]
+    if max(shrink) > 1:
+        full = vol.to_sitk()
+        small = sitk.BinShrink(full, shrink)
+        coarse = Volume.from_sitk(small, modality=vol.modality, meta={"dicom_modality": vol.meta.get("dicom_modality")})
+        m = sitk.GetImageFromArray(head_mask(coarse, ct_threshold, closing_mm, work_mm=0.0))
+        m.CopyInformation(small)
+        back = sitk.Resample(m, full, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        return sitk.GetArrayFromImage(back)
     img = vol.to_sitk()
-    if vol.modality == "CTA" or vol.meta.get("dicom_modality") == "CT":
+    if _is_ct(vol):
         fg = sitk.Cast(img > ct_threshold, sitk.sitkUInt8)
     else:
         smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(img, sitk.sitkFloat32), 1.5)
@@ -66,7 +110,7 @@ def brain_mask(vol: Volume, head: np.ndarray | None = None, erosion_mm: float = 
     img.SetSpacing(vol.spacing)
     eroded = sitk.BinaryErode(img, _radius(vol, erosion_mm))
     arr = sitk.GetArrayFromImage(eroded).astype(bool)
-    if vol.modality == "CTA" or vol.meta.get("dicom_modality") == "CT":
+    if _is_ct(vol):
         arr &= (vol.array >= ct_range[0]) & (vol.array <= ct_range[1])
     if not arr.any():
         return arr.astype(np.uint8)

@@ -13,7 +13,7 @@ from ..config import to_dict
 from ..volume import Volume
 from .geometry import reorient_canonical, resample
 from .intensity import n4_correct, normalize
-from .mask import compute_mask
+from .mask import compute_mask, head_bounds
 
 
 @dataclass
@@ -22,6 +22,9 @@ class PreprocessConfig:
 
     # Target voxel spacing (mm) along i, j, k; null keeps the source spacing (canonical orientation only).
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
+    # Resample only a box around the head (plus crop_margin_mm): less air through every later stage.
+    crop_to_head: bool = True
+    crop_margin_mm: float = 10.0
     # Interpolation of the resampling: linear | bspline | nearest.
     interpolator: Literal["linear", "bspline", "nearest"] = "linear"
     # Head mask ("head"), crude brain mask ("brain"), none, or a name registered with mask.register_mask_fn.
@@ -53,12 +56,16 @@ def _is_mr(vol: Volume) -> bool:
 def preprocess_volume(vol: Volume, cfg: PreprocessConfig | None = None) -> tuple[Volume, Volume | None]:
     """Loaded series -> (normalised float32 volume in canonical orientation at the target spacing, mask or None)."""
     cfg = cfg or PreprocessConfig()
-    v = reorient_canonical(vol)
-    oblique = not np.allclose(v.direction, np.eye(3), atol=1e-4)
-    if cfg.spacing is not None or oblique:
-        v = resample(v, cfg.spacing if cfg.spacing is not None else v.spacing, cfg.interpolator)
+    if cfg.spacing is not None:
+        # Resampling samples straight onto the canonical (identity-direction) grid: no reorientation copy needed.
+        bounds = head_bounds(vol, cfg.crop_margin_mm) if cfg.crop_to_head else None
+        v = resample(vol, cfg.spacing, cfg.interpolator, bounds=bounds)
     else:
-        v = v.with_array(v.array.astype(np.float32, copy=False))
+        v = reorient_canonical(vol)
+        if not np.allclose(v.direction, np.eye(3), atol=1e-4):  # oblique: remove the rotation at native spacing
+            v = resample(v, v.spacing, cfg.interpolator)
+        else:
+            v = v.with_array(v.array.astype(np.float32, copy=False))
     mask = compute_mask(v, cfg.mask)
     if cfg.n4 == "all" or (cfg.n4 == "mr" and _is_mr(v)):
         v = n4_correct(v, mask=mask, shrink=cfg.n4_shrink)
