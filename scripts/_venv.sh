@@ -14,7 +14,7 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/setup.cfg" -nt "$STAMP" ]; then
   echo "[setup] installing the kit and its dependencies into $VENV (first run: a few minutes)"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q "torch==${RSNA_TORCH_VERSION:-2.14.1}" "torchvision==${RSNA_TORCHVISION_VERSION:-0.29.1}"
-  "$PY" -m pip install -q -e "$ROOT[dev,codecs,kaggle,bench]"
+  "$PY" -m pip install -q -e "$ROOT[dev,codecs,kaggle,bench,viewer]"
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
