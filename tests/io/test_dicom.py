@@ -72,7 +72,8 @@ def test_loaded_geometry_places_aneurysms_within_half_a_voxel(tmp_path, name):
         world = localizer_to_world(vol, loc)
         assert np.linalg.norm(world - centres[row["location"]]) <= 0.5 * np.linalg.norm(vol.spacing) + 1e-6
         back = world_to_localizer(vol, world)
-        assert (back.sop, back.frame) == (loc.sop, loc.frame) and np.isclose(back.x, loc.x) and np.isclose(back.y, loc.y)
+        assert (back.sop, back.frame) == (loc.sop, loc.frame)
+        assert np.isclose(back.x, loc.x) and np.isclose(back.y, loc.y)
 
 
 def test_test_time_files_carry_only_allowed_tags_and_still_load(tmp_path):

@@ -13,7 +13,8 @@ from rsna_aneurysm.volume import Volume
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_nifti_world_coordinates_agree_in_nibabel_and_sitk(tmp_path, suffix):
     d = Rotation.from_euler("zyx", [20, -10, 5], degrees=True).as_matrix()
-    v = Volume(np.random.default_rng(0).random((6, 7, 8)).astype(np.float32), (0.45, 0.5, 1.25), (-90.0, 110.0, -40.0), d)
+    arr = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    v = Volume(arr, (0.45, 0.5, 1.25), (-90.0, 110.0, -40.0), d)
     path = write_volume(v, tmp_path / f"v{suffix}")
     ijk = np.array([[0, 0, 0], [7, 6, 5], [3.5, 1.25, 2.0]])
     expected = v.index_to_world(ijk)  # LPS
