@@ -1,0 +1,289 @@
+"""Patch cache: training patches cut once from the preprocessed volumes, then memory-mapped by every epoch.
+
+Per series one patch set, named by a hash of its inputs (volume and mask file identity, the aneurysm points) and
+the cache settings: ``entries/<key>.npy`` patches (N, D, H, W) float16, ``<key>.labels.npy`` (N, 14) uint8,
+``<key>.mask.npy`` bit-packed sphere masks (N, ceil(D*H*W / 8)) and ``<key>.json`` (centres, kinds, the size
+and CRC-32 of each file). The JSON is written last and every file goes to a temporary name first, so an entry
+either is complete or is rebuilt; a truncated or altered file fails its size/checksum and is rebuilt too.
+``index.parquet`` lists every patch with its series, fold, centre and labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from ..config import save_config, to_dict
+from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, N_LABELS
+from .cache_entry import CACHE_VERSION, build_entry, check_entry
+from .splits import resolve_folds
+
+log = logging.getLogger(__name__)
+
+
+
+class CacheError(RuntimeError):
+    """The preprocessed folder cannot feed the cache, or the cache folder is unusable."""
+
+
+@dataclass
+class CacheConfig:
+    """How patches are cut. Every field is part of each entry's key: change one and entries are rebuilt."""
+
+    # Patch size in voxels along (k, j, i) = (D, H, W).
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    # Voxel spacing of the patches in mm (resampled from the volume's spacing when they differ).
+    spacing_mm: float = 1.0
+    # Positive patch centres are jittered uniformly by up to this many mm per axis (kept so the aneurysm stays
+    # inside the patch); hard negatives get the same jitter so a centred vessel is no give-away.
+    jitter_mm: float = 12.0
+    # Positive patches per aneurysm.
+    positives_per_aneurysm: int = 4
+    # Negative patches per positive patch over the whole dataset (spread evenly over all series).
+    negative_ratio: float = 2.0
+    # Every usable series contributes at least this many negatives.
+    min_negatives_per_series: int = 2
+    # Share of the negatives centred next to bright vessels (hard negatives); the rest anywhere in the head.
+    hard_negative_fraction: float = 0.5
+    # "Bright" = intensity at or above this percentile of the voxels deeper than hard_negative_depth_mm in the
+    # head; the depth keeps hard negatives on vessels rather than on the skull.
+    hard_negative_percentile: float = 99.0
+    hard_negative_depth_mm: float = 12.0
+    # No aneurysm may lie inside a negative patch or within this distance (mm) of its border.
+    safety_radius_mm: float = 4.0
+    # Radius (mm) of the target sphere drawn around each aneurysm in the patch masks.
+    sphere_radius_mm: float = 4.0
+    # Seed of the sampling (combined with each series uid, so results do not depend on worker order).
+    seed: int = 0
+
+
+@dataclass
+class SeriesTask:
+    """Everything one worker needs to build one series' patch set."""
+
+    uid: str
+    volume: str
+    mask: str | None
+    points: list[list[float]]  # aneurysm centres, voxel (k, j, i)
+    locations: list[int]  # index into LABEL_COLS of each point
+    n_negatives: int
+    key: str = ""
+
+
+@dataclass
+class CacheResult:
+    """What ``build_cache`` did: the index plus counts and the series it could not use (uid -> reason)."""
+
+    index: pl.DataFrame
+    built: int = 0
+    reused: int = 0
+    rebuilt_corrupt: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _file_identity(path: str | None) -> list | None:
+    if path is None:
+        return None
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def entry_key(task: SeriesTask, cfg: CacheConfig) -> str:
+    """Hash of the series' inputs and the settings: the entry's file name."""
+    payload = {"version": CACHE_VERSION, "uid": task.uid, "volume": _file_identity(task.volume),
+               "mask": _file_identity(task.mask), "points": task.points, "locations": task.locations,
+               "n_negatives": task.n_negatives, "cfg": to_dict(cfg)}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _read_table(path: Path) -> pl.DataFrame | None:
+    if not path.exists():
+        return None
+    return pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=10000)
+
+
+def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask], dict[str, str], pl.DataFrame]:
+    """Tasks for every usable series of the preprocessed folder, the skipped ones (uid -> reason), the series table.
+
+    A positive series whose aneurysms could not all be mapped to voxels gets positives only (no negatives,
+    which could contain the unmapped aneurysm); one with none mapped is skipped.
+    """
+    pre = Path(pre_dir)
+    manifest = _read_table(pre / "manifest.parquet")
+    if manifest is None:
+        raise CacheError(f"{pre}: no manifest.parquet (run `rsna-aneurysm preprocess` first)")
+    labels = _read_table(pre / "train.csv")
+    locs = _read_table(pre / "localizers.parquet")
+    skipped: dict[str, str] = {}
+    ok = manifest.filter((pl.col("status") == "ok") & pl.col("volume").is_not_null())
+    for r in manifest.filter(~pl.col(ID_COL).is_in(ok[ID_COL].to_list())).iter_rows(named=True):
+        skipped[str(r[ID_COL])] = f"preprocessing {r.get('status')}: {r.get('error')}"
+    present: dict[str, int] = {}
+    if labels is not None and ANEURYSM_PRESENT in labels.columns:
+        present = {str(u): int(v or 0) for u, v in zip(labels[ID_COL], labels[ANEURYSM_PRESENT])}
+    points: dict[str, list[tuple[list[float], int]]] = {}
+    unmapped: dict[str, int] = {}
+    if locs is not None and len(locs) and {"i", "j", "k", "location"} <= set(locs.columns):
+        for r in locs.iter_rows(named=True):
+            uid = str(r[ID_COL])
+            good = r.get("status", "ok") == "ok" and None not in (r["i"], r["j"], r["k"])
+            if not good or r["location"] not in LOCATION_COLS:
+                unmapped[uid] = unmapped.get(uid, 0) + 1
+                continue
+            points.setdefault(uid, []).append(([float(r["k"]), float(r["j"]), float(r["i"])],
+                                               LABEL_COLS.index(r["location"])))
+    tasks: list[SeriesTask] = []
+    for r in ok.iter_rows(named=True):
+        uid = str(r[ID_COL])
+        pts = points.get(uid, [])
+        if present.get(uid, 0) and not pts:
+            skipped[uid] = "positive series without a mapped aneurysm location"
+            continue
+        mask = str(pre / r["mask"]) if r.get("mask") else None
+        tasks.append(SeriesTask(uid, str(pre / r["volume"]), mask, [p for p, _ in pts], [loc for _, loc in pts],
+                                n_negatives=0 if unmapped.get(uid) else -1))
+    n_points = sum(len(t.points) for t in tasks)
+    per_series = int(round(cfg.negative_ratio * cfg.positives_per_aneurysm * n_points / max(len(tasks), 1)))
+    for t in tasks:
+        if t.n_negatives < 0:
+            t.n_negatives = max(cfg.min_negatives_per_series, per_series)
+        else:
+            log.warning("%s: %d aneurysm location(s) not mapped: positives only", t.uid, unmapped[t.uid])
+        t.key = entry_key(t, cfg)
+    series = ok.select(pl.col(ID_COL).cast(pl.Utf8), *(["Modality"] if "Modality" in ok.columns else []))
+    series = series.with_columns(pl.Series(ANEURYSM_PRESENT, [present.get(u, 0) for u in series[ID_COL]]))
+    return tasks, skipped, series
+
+
+def _work(args: tuple[SeriesTask, CacheConfig, str]) -> tuple[str, dict | None, str]:
+    task, cfg, entries_dir = args
+    try:
+        return task.uid, build_entry(task, cfg, entries_dir), ""
+    except Exception as e:  # one broken series must not stop the cache: report it
+        return task.uid, None, f"{type(e).__name__}: {e}"
+
+
+def _index_rows(meta: dict) -> dict[str, list]:
+    centers = np.asarray(meta["centers"], dtype=np.int64).reshape(-1, 3)
+    labels = np.asarray(meta["labels"], dtype=np.uint8).reshape(-1, N_LABELS)
+    cols: dict[str, list] = {ID_COL: [meta[ID_COL]] * meta["n"], "entry": [meta["key"]] * meta["n"],
+                             "row": list(range(meta["n"])), "kind": list(meta["kinds"]),
+                             "center_k": centers[:, 0].tolist(), "center_j": centers[:, 1].tolist(),
+                             "center_i": centers[:, 2].tolist()}
+    for c, name in enumerate(LABEL_COLS):
+        cols[name] = labels[:, c].tolist()
+    return cols
+
+
+def build_cache(pre_dir: str | Path, out_dir: str | Path, cfg: CacheConfig | None = None, workers: int = 1,
+                folds: str | Path | None = None, n_folds: int = 5, fold_seed: int = 42, verify: bool = True,
+                progress: bool = True) -> CacheResult:
+    """Build (or complete) the patch cache of ``pre_dir`` in ``out_dir``; intact entries are reused.
+
+    Runs ``workers`` processes, each holding one volume at a time (bounded memory); a series that fails is
+    logged and left out. Writes ``index.parquet``, ``cache_config.json`` and ``report.json`` in ``out_dir``.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or CacheConfig()
+    out = Path(out_dir)
+    entries = out / "entries"
+    entries.mkdir(parents=True, exist_ok=True)
+    tasks, skipped, series = plan_cache(pre_dir, cfg)
+    for uid, why in skipped.items():
+        log.warning("cache: skipping %s: %s", uid, why)
+    result = CacheResult(index=pl.DataFrame(), skipped=skipped)
+    metas: dict[str, dict] = {}
+    todo: list[SeriesTask] = []
+    for t in tasks:
+        meta, why = check_entry(entries, t.key, verify)
+        if meta is not None:
+            metas[t.uid] = meta
+        else:
+            if why != "missing":
+                log.warning("cache: %s entry %s rebuilt: %s", t.uid, t.key, why)
+                result.rebuilt_corrupt += 1
+            todo.append(t)
+    result.reused = len(metas)
+    log.info("cache: %d series to build, %d reused", len(todo), result.reused)
+    jobs = [(t, cfg, str(entries)) for t in todo]
+    bar = tqdm(total=len(jobs), desc="cache", unit="series", disable=not (progress and sys.stderr.isatty()))
+    pool = None
+    if workers <= 1 or len(jobs) <= 1:
+        results = map(_work, jobs)
+    else:
+        # spawn: safe when the caller already runs torch/CUDA threads; each worker holds one volume at a time.
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                   max_tasks_per_child=50)
+        results = (f.result() for f in as_completed([pool.submit(_work, j) for j in jobs]))
+    try:
+        for uid, meta, err in results:
+            bar.update(1)
+            if meta is None:
+                log.error("cache: %s failed: %s", uid, err)
+                result.failed[uid] = err
+            else:
+                metas[uid] = meta
+                result.built += 1
+    except BrokenProcessPool as e:
+        raise CacheError(f"a cache worker process died ({e}); out of memory? Try fewer workers. Finished "
+                         f"entries are kept: a rerun continues.") from e
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    result.index = _write_index(out, metas, series, folds, n_folds, fold_seed)
+    save_config(cfg, out / "cache_config.json")
+    result.seconds = time.perf_counter() - t0
+    report = {k: v for k, v in asdict(result).items() if k != "index"} | {"pre_dir": str(Path(pre_dir).resolve()),
+                                                                         "n_patches": len(result.index)}
+    _write_json(out / "report.json", report)
+    log.info("cache: %d built, %d reused, %d failed, %d skipped, %d patches in %.1f s", result.built, result.reused,
+             len(result.failed), len(skipped), len(result.index), result.seconds)
+    return result
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _write_index(out: Path, metas: dict[str, dict], series: pl.DataFrame, folds: str | Path | None, n_folds: int,
+                 fold_seed: int) -> pl.DataFrame:
+    cols: dict[str, list] = {}
+    for uid in sorted(metas):
+        for k, v in _index_rows(metas[uid]).items():
+            cols.setdefault(k, []).extend(v)
+    schema = {ID_COL: pl.Utf8, "entry": pl.Utf8, "row": pl.Int64, "kind": pl.Utf8, "center_k": pl.Int64,
+              "center_j": pl.Int64, "center_i": pl.Int64, **{c: pl.UInt8 for c in LABEL_COLS}}
+    index = pl.DataFrame(cols or None, schema=schema)
+    fold_table = resolve_folds(series, folds, n_folds, fold_seed)
+    index = index.join(fold_table, on=ID_COL, how="left").with_columns(pl.col("fold").fill_null(-1))
+    index = index.select(ID_COL, "fold", *[c for c in index.columns if c not in (ID_COL, "fold")])
+    tmp = out / f".index.parquet.{os.getpid()}.tmp"
+    index.write_parquet(tmp)
+    os.replace(tmp, out / "index.parquet")
+    return index
+
+
+def read_index(cache_dir: str | Path) -> pl.DataFrame:
+    """The cache's patch index; raises CacheError naming the folder when it was never built."""
+    path = Path(cache_dir) / "index.parquet"
+    if not path.exists():
+        raise CacheError(f"{cache_dir}: no index.parquet (run `rsna-aneurysm cache` first)")
+    return pl.read_parquet(path)

@@ -1,0 +1,136 @@
+"""Out-of-fold predictions: each fold's model predicts, scan by scan, the validation series it never trained on.
+
+The fold of each series is recomputed exactly as training did (the run's folds table, or the deterministic split of
+the series in its patch cache), and each series goes through the same scan-level inference as the submission
+(``infer.scan``) from its preprocessed volume. The table (``SeriesInstanceUID, fold`` + the 14 columns) is what
+``rsna-aneurysm score`` reads; the run folder also gets ``prevalence.json`` (the predictor's fallback row).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
+from .predictor import PREVALENCE_FILE, PredictorConfig, find_checkpoints, write_prevalence
+from .scan import crop_to_mask, predict_volume
+from .sliding_window import SlidingWindowInferer, prepare_model
+
+log = logging.getLogger(__name__)
+
+
+class OOFError(RuntimeError):
+    """The run or its preprocessed folder lacks what out-of-fold prediction needs."""
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise OOFError(f"{run_dir}: no config.json (is it a training run folder, weights/<run>?)")
+    return json.loads(path.read_text())
+
+
+def series_folds(cfg: dict[str, Any], pre_dir: Path) -> pl.DataFrame:
+    """``SeriesInstanceUID, fold`` of every preprocessed series, as the training run assigned them."""
+    from ..data.cache import read_index
+    from ..data.splits import resolve_folds
+
+    data = cfg.get("data") or {}
+    cache_dir = Path(data["cache_dir"]) if data.get("cache_dir") else pre_dir / "patch_cache"
+    if (cache_dir / "index.parquet").is_file():  # the series training split, exactly
+        series = read_index(cache_dir).group_by(ID_COL).agg(pl.col(ANEURYSM_PRESENT).max()).sort(ID_COL)
+    else:
+        log.warning("%s: no patch cache index; folds are computed from the preprocessed series", cache_dir)
+        labels = pl.read_csv(pre_dir / "train.csv", columns=[ID_COL, ANEURYSM_PRESENT],
+                             schema_overrides={ID_COL: pl.Utf8})
+        series = _manifest(pre_dir).select(ID_COL).join(labels, on=ID_COL, how="left").sort(ID_COL)
+    return resolve_folds(series, data.get("folds"), int(data.get("n_folds", 5)), int(data.get("fold_seed", 42)))
+
+
+def _manifest(pre_dir: Path) -> pl.DataFrame:
+    path = pre_dir / "manifest.parquet"
+    if not path.is_file():
+        raise OOFError(f"{pre_dir}: no manifest.parquet (run `rsna-aneurysm preprocess` first)")
+    m = pl.read_parquet(path)
+    return m.filter(pl.col("status") == "ok")
+
+
+def _load_pre(pre_dir: Path, row: dict[str, Any], spacing_mm: float):
+    """Preprocessed volume and mask of one manifest row, resampled when the patches used another spacing."""
+    from ..io.nifti import read_volume
+    from ..preprocess.geometry import resample
+
+    vol = read_volume(pre_dir / row["volume"], mmap=False)
+    mask = read_volume(pre_dir / row["mask"], mmap=False) if row.get("mask") else None
+    if not np.allclose(vol.spacing, spacing_mm, atol=1e-3):
+        vol = resample(vol, (spacing_mm,) * 3, "linear")
+        if mask is not None:
+            mask = resample(mask, interpolator="nearest", reference=vol, default_value=0, dtype=np.uint8)
+    vol = vol.with_array(np.asarray(vol.array, dtype=np.float32))
+    return vol, mask
+
+
+def run_oof(run_dir: str | Path, preprocessed: str | Path | None = None, folds: list[int] | None = None,
+            cfg: PredictorConfig | None = None, out: str | Path | None = None, limit: int | None = None
+            ) -> pl.DataFrame:
+    """Predict every fold's validation series; write and return the out-of-fold table (see the module docstring).
+
+    ``cfg`` supplies the inference settings (window, TTA, aggregation, crop, checkpoint); its budget is not used.
+    ``limit``: at most this many series per fold (a quick look).
+    """
+    import torch
+
+    from ..train.checkpoint import build_from_checkpoint, load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = cfg or PredictorConfig()
+    train_cfg = run_config(run_dir)
+    pre_dir = Path(preprocessed or (train_cfg.get("data") or {}).get("preprocessed") or "")
+    if not str(pre_dir) or not (pre_dir / "manifest.parquet").is_file():
+        raise OOFError(f"preprocessed folder {str(pre_dir) or '(unset)'} has no manifest.parquet; pass --data PRE")
+    ckpts = find_checkpoints(run_dir, cfg.checkpoint)
+    wanted = folds if folds is not None else list(ckpts)
+    missing = [f for f in wanted if f not in ckpts]
+    if missing or not wanted:
+        raise OOFError(f"{run_dir}: no {cfg.checkpoint} checkpoint for fold(s) {missing or wanted}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    manifest = _manifest(pre_dir)
+    table = series_folds(train_cfg, pre_dir).join(manifest, on=ID_COL, how="inner")
+    rows: list[dict[str, Any]] = []
+    for fold in wanted:
+        ckpt = load_checkpoint(ckpts[fold])
+        model = prepare_model(build_from_checkpoint(ckpt), cfg.window.device, copy_model=False)
+        patch = ckpt.get("patch") or {}
+        del ckpt
+        spacing = float(cfg.spacing_mm or patch.get("spacing_mm") or 1.0)
+        roi = cfg.window.roi_size or tuple(patch.get("size") or (64, 64, 64))
+        inferer = SlidingWindowInferer(replace(cfg.window, roi_size=tuple(int(r) for r in roi)))
+        val = table.filter(pl.col("fold") == fold).sort(ID_COL)
+        if limit is not None:
+            val = val.head(limit)
+        t0 = time.perf_counter()
+        for row in val.iter_rows(named=True):
+            vol, mask = _load_pre(pre_dir, row, spacing)
+            vol, mask = crop_to_mask(vol, mask, cfg.crop_margin_mm)
+            pred = predict_volume([model], vol.array, None if mask is None else mask.array, inferer,
+                                  cfg.aggregate, tta=cfg.tta_flip)
+            rows.append({ID_COL: row[ID_COL], "fold": fold, **dict(zip(LABEL_COLS, pred.probs.tolist()))})
+        log.info("fold %d: %d validation series in %.1f s", fold, val.height, time.perf_counter() - t0)
+
+    schema = {ID_COL: pl.Utf8, "fold": pl.Int64, **{c: pl.Float64 for c in LABEL_COLS}}
+    oof = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    out = Path(out) if out else run_dir / "oof.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    oof.write_parquet(out)
+    if (pre_dir / "train.csv").is_file():
+        write_prevalence(pre_dir / "train.csv", run_dir / PREVALENCE_FILE)
+    return oof

@@ -1,0 +1,253 @@
+"""``rsna-aneurysm package``: fill the three Kaggle datasets and the kernel folder for upload.
+
+Output (``out_dir``, default ``build/kaggle``; each dataset folder mirrors ``/kaggle/input/<slug>``):
+```
+datasets/<weights_slug>/  fold_<k>.pt (the chosen checkpoints), config.json, predictor.json, prevalence.json,
+                          thresholds.json (when calibrated), rsna_weights.json (manifest), dataset-metadata.json
+datasets/<code_slug>/     rsna_aneurysm-<version>-py3-none-any.whl (the kit), rsna_code.json, dataset-metadata.json
+datasets/<wheels_slug>/   wheels the Kaggle image lacks (DICOM decoders), rsna_wheels.json, dataset-metadata.json
+kernels/<kernel_slug>/    submit.py (the thin code file), kernel-metadata.json
+```
+Every file sits at the top of its dataset (``kaggle datasets create`` skips folders). The metadata comes from the
+templates in the repository's ``datasets/`` and ``kernels/`` with ``{{owner}}`` and the slugs filled in from the
+settings; nothing about the owner is hard-coded and no credential is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_MANIFEST = "rsna_weights.json"
+CODE_MANIFEST = "rsna_code.json"
+WHEELS_MANIFEST = "rsna_wheels.json"
+KERNEL_CODE_FILE = "submit.py"
+TEMPLATE_DIRS = {"weights": "datasets/rsna-aneurysm-weights", "code": "datasets/rsna-aneurysm-code",
+                 "wheels": "datasets/rsna-aneurysm-wheels", "kernel": "kernels/rsna-aneurysm-submit"}
+
+
+class PackageError(RuntimeError):
+    """Packaging cannot go on: a missing input, a failed build or download; the message says which."""
+
+
+@dataclass
+class KaggleConfig:
+    """Where the submission goes on Kaggle; set with ``--config FILE`` and ``--key value`` overrides."""
+
+    owner: str = ""  # Kaggle user (or organisation) name; empty: the KAGGLE_USERNAME environment variable
+    weights_slug: str = "rsna-aneurysm-weights"
+    code_slug: str = "rsna-aneurysm-code"
+    wheels_slug: str = "rsna-aneurysm-wheels"
+    kernel_slug: str = "rsna-aneurysm-submit"
+    kernel_title: str = "RSNA aneurysm submit"  # should slugify to kernel_slug (the CLI warns otherwise)
+    competition: str = "rsna-intracranial-aneurysm-detection"
+    is_private: bool = True
+    enable_gpu: bool = True
+    # Wheels downloaded for the Kaggle image (which has pydicom but no decoders for compressed DICOM).
+    wheel_packages: list[str] = field(default_factory=lambda: [
+        "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.0", "python-gdcm>=3.0"])
+    python_version: str = "3.11"  # the Kaggle image's Python
+    platforms: list[str] = field(default_factory=lambda: [
+        "manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"])
+
+
+def resolve_owner(cfg: KaggleConfig) -> str:
+    """The owner from the settings or ``KAGGLE_USERNAME``; a clear error when neither is set."""
+    import os
+
+    owner = cfg.owner or os.environ.get("KAGGLE_USERNAME", "")
+    if not owner:
+        raise PackageError("no Kaggle owner: pass --owner NAME (or set KAGGLE_USERNAME)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", owner):
+        raise PackageError(f"owner {owner!r} is not a Kaggle user name")
+    return owner
+
+
+def source_root(start: str | Path | None = None) -> Path:
+    """The kit's source tree (``setup.cfg``, ``src/``, ``datasets/``, ``kernels/``): given, or above the package."""
+    candidates = [Path(start)] if start else list(Path(__file__).resolve().parents)
+    for c in candidates:
+        if (c / "setup.cfg").is_file() and (c / "src" / "rsna_aneurysm").is_dir() and (c / "kernels").is_dir():
+            return c
+    raise PackageError(f"cannot find the kit's source tree (setup.cfg, src/, kernels/) "
+                       f"{'at ' + str(start) if start else 'above ' + str(Path(__file__).parent)}; pass --source")
+
+
+def render_template(path: Path, values: dict[str, str]) -> dict[str, Any]:
+    """A metadata template with ``{{name}}`` placeholders filled in, as JSON."""
+    text = path.read_text()
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", value)
+    left = sorted(set(re.findall(r"\{\{(\w+)\}\}", text)))
+    if left:
+        raise PackageError(f"{path}: no value for placeholder(s) {left}")
+    return json.loads(text)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, checkpoint: str = "best",
+                  predictor_config: Path | None = None) -> dict[str, Any]:
+    """Copy the chosen checkpoints (flat ``fold_<k>.pt``) and the settings the predictor reads into ``dest``."""
+    from ..infer.predictor import (
+        PREDICTOR_FILE,
+        PREVALENCE_FILE,
+        THRESHOLDS_FILE,
+        PredictorConfig,
+        find_checkpoints,
+        write_prevalence,
+    )
+
+    found = find_checkpoints(run_dir, checkpoint)
+    chosen = folds if folds is not None else list(found)
+    missing = [f for f in chosen if f not in found]
+    if missing or not chosen:
+        raise PackageError(f"{run_dir}: no {checkpoint} checkpoint for fold(s) {missing or chosen}; "
+                           f"found {list(found)}")
+    for fold in chosen:
+        shutil.copy2(found[fold], dest / f"fold_{fold}.pt")
+    run_cfg: dict[str, Any] = {}
+    if (run_dir / "config.json").is_file():
+        shutil.copy2(run_dir / "config.json", dest / "config.json")
+        run_cfg = json.loads((run_dir / "config.json").read_text())
+    # Predictor settings: an explicit file, else the run's own, else the defaults (written out, so the kernel's
+    # behaviour is visible in the dataset).
+    from ..config import load_config, save_config
+
+    src = predictor_config or (run_dir / PREDICTOR_FILE if (run_dir / PREDICTOR_FILE).is_file() else None)
+    pcfg = load_config(PredictorConfig, src)
+    pcfg.folds, pcfg.checkpoint, pcfg.heatmap_dir = None, checkpoint, None
+    save_config(pcfg, dest / PREDICTOR_FILE)
+    if (run_dir / PREVALENCE_FILE).is_file():
+        shutil.copy2(run_dir / PREVALENCE_FILE, dest / PREVALENCE_FILE)
+    else:
+        train_csv = Path((run_cfg.get("data") or {}).get("preprocessed") or "") / "train.csv"
+        if not train_csv.is_file():
+            raise PackageError(f"{run_dir}: no {PREVALENCE_FILE} and no train.csv at {train_csv} to compute the "
+                               "fallback row from (run `rsna-aneurysm oof` first)")
+        write_prevalence(train_csv, dest / PREVALENCE_FILE)
+    if (run_dir / THRESHOLDS_FILE).is_file():
+        shutil.copy2(run_dir / THRESHOLDS_FILE, dest / THRESHOLDS_FILE)
+    manifest = {"run": run_dir.name, "folds": chosen, "checkpoint": checkpoint, "kit_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": sorted(p.name for p in dest.iterdir())}
+    _write_json(dest / WEIGHTS_MANIFEST, manifest)
+    return manifest
+
+
+def build_kit_wheel(source: Path, dest: Path) -> Path:
+    """Build the kit's wheel from a clean copy of the source tree (no stale ``build/`` leftovers) into ``dest``."""
+    with tempfile.TemporaryDirectory(prefix="rsna_wheel_") as tmp:
+        tree = Path(tmp) / "src_tree"
+        tree.mkdir()
+        for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, tree / name)
+        shutil.copytree(source / "src", tree / "src",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+               "-w", str(Path(tmp) / "out"), str(tree)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted((Path(tmp) / "out").glob("rsna_aneurysm-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise PackageError(f"building the kit wheel failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        target = dest / wheels[0].name
+        shutil.copy2(wheels[0], target)
+    return target
+
+
+def download_wheels(dest: Path, packages: list[str], python_version: str, platforms: list[str]) -> list[Path]:
+    """``pip download`` binary wheels of ``packages`` for the Kaggle Python and platform (no dependencies)."""
+    if not packages:
+        return []
+    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "--quiet",
+           "--python-version", python_version, "--implementation", "cp", "-d", str(dest)]
+    for plat in platforms:
+        cmd += ["--platform", plat]
+    proc = subprocess.run(cmd + list(packages), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PackageError(f"pip download of {packages} for Python {python_version} failed (exit "
+                           f"{proc.returncode}); use --no-wheels offline:\n{proc.stderr[-2000:]}")
+    return sorted(dest.glob("*.whl"))
+
+
+def package(run_dir: str | Path, cfg: KaggleConfig, out_dir: str | Path = "build/kaggle",
+            folds: list[int] | None = None, checkpoint: str = "best", download: bool = True,
+            wheel_dirs: list[str | Path] | None = None, source: str | Path | None = None,
+            predictor_config: str | Path | None = None) -> dict[str, Path]:
+    """Fill every dataset folder and the kernel folder under ``out_dir``; returns {part: folder}."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PackageError(f"weights folder {run_dir} does not exist")
+    owner = resolve_owner(cfg)
+    root = source_root(source)
+    out = Path(out_dir)
+    values = {"owner": owner, "weights_slug": cfg.weights_slug, "code_slug": cfg.code_slug,
+              "wheels_slug": cfg.wheels_slug, "kernel_slug": cfg.kernel_slug, "kernel_title": cfg.kernel_title,
+              "competition": cfg.competition}
+    folders = {"weights": out / "datasets" / cfg.weights_slug, "code": out / "datasets" / cfg.code_slug,
+               "wheels": out / "datasets" / cfg.wheels_slug, "kernel": out / "kernels" / cfg.kernel_slug}
+    metas = {part: render_template(root / TEMPLATE_DIRS[part] / ("kernel-metadata.json" if part == "kernel"
+                                                                 else "dataset-metadata.json"), values)
+             for part in folders}
+    for path in folders.values():
+        _fresh_dir(path)
+
+    stage_weights(run_dir, folders["weights"], folds, checkpoint, Path(predictor_config) if predictor_config else None)
+
+    wheel = build_kit_wheel(root, folders["code"])
+    _write_json(folders["code"] / CODE_MANIFEST, {"wheel": wheel.name, "kit_version": __version__,
+                                                  "commit": _git_commit(root)})
+
+    wheels: list[Path] = []
+    for d in wheel_dirs or []:
+        for w in sorted(Path(d).glob("*.whl")):
+            shutil.copy2(w, folders["wheels"] / w.name)
+            wheels.append(folders["wheels"] / w.name)
+    if download:
+        wheels += download_wheels(folders["wheels"], cfg.wheel_packages, cfg.python_version, cfg.platforms)
+    else:
+        log.info("--no-wheels: the wheels dataset holds only %d local wheel(s)", len(wheels))
+    _write_json(folders["wheels"] / WHEELS_MANIFEST, {"wheels": sorted({w.name for w in wheels}),
+                                                      "python_version": cfg.python_version,
+                                                      "platforms": cfg.platforms, "downloaded": download})
+
+    kernel_meta = metas["kernel"]
+    kernel_meta["is_private"] = cfg.is_private
+    kernel_meta["enable_gpu"] = cfg.enable_gpu
+    code_file = kernel_meta["code_file"]
+    shutil.copy2(root / TEMPLATE_DIRS["kernel"] / code_file, folders["kernel"] / code_file)
+    for part, meta in metas.items():
+        name = "kernel-metadata.json" if part == "kernel" else "dataset-metadata.json"
+        _write_json(folders[part] / name, meta)
+    return folders
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None

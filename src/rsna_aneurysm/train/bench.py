@@ -1,0 +1,85 @@
+"""Measurements behind ``scripts/bench_train.py``: training throughput from a dataset, and data-only epoch time.
+
+The training step here is the loop's (augment, autocast forward, loss, backward, AdamW) without validation or
+checkpoints, so the number isolates what the data path costs the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..models.registry import create_model
+from .augment import BatchAugment
+from .config import TrainConfig
+from .distributed import DistInfo
+from .loop import resolve_device, resolve_precision
+from .losses import build_loss
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory (MiB)."""
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _loader(ds: Dataset, cfg: TrainConfig, workers: int, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=workers,
+                      drop_last=True, persistent_workers=workers > 0)
+
+
+def train_throughput(cfg: TrainConfig, ds: Dataset, steps: int, warmup: int = 2, workers: int | None = None
+                     ) -> dict[str, Any]:
+    """Patches per second over ``steps`` training steps (after ``warmup`` untimed ones)."""
+    device = resolve_device(cfg, DistInfo())
+    amp = resolve_precision(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, **cfg.model.kwargs).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    loss_fn, augment = build_loss(cfg.loss), BatchAugment(cfg.augment)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = _loader(ds, cfg, cfg.data.workers if workers is None else workers)
+    done, t0 = 0, 0.0
+    while done < steps + warmup:
+        for batch in loader:
+            if done == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            batch = augment({k: v.to(device, non_blocking=True) for k, v in batch.items()}, gen)
+            ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+            with ctx:
+                out = model(batch["image"])
+            loss, _ = loss_fn({k: v.float() for k, v in out.items()}, batch)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            done += 1
+            if done >= steps + warmup:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"patches_per_s": steps * cfg.batch_size / seconds, "seconds": seconds, "steps": steps,
+            "batch_size": cfg.batch_size, "device": str(device), **peak_memory()}
+
+
+def data_epoch_seconds(cfg: TrainConfig, ds: Dataset, workers: int | None = None) -> dict[str, float]:
+    """Seconds to read one epoch of ``ds`` through the loader, with no model (the data path alone)."""
+    loader = _loader(ds, cfg, cfg.data.workers if workers is None else workers)
+    t0 = time.perf_counter()
+    n = 0
+    for batch in loader:
+        n += batch["image"].shape[0]
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "patches": n, "patches_per_s": n / max(seconds, 1e-9)}
