@@ -117,8 +117,10 @@ def main() -> int:
                                 f"({per_epoch['baseline']:.1f} s/epoch)"),
         ("read patches", f"cache {c['patches_per_s']:.0f}/s vs baseline {b['patches_per_s']:.1f}/s "
                          f"({c['patches_per_s'] / b['patches_per_s']:.0f}x)"),
-        ("train (cache)", f"{tc['patches_per_s']:.1f} patches/s, peak RSS {tc['peak_rss_mib']:.0f} MiB"),
-        ("train (baseline)", f"{tb['patches_per_s']:.1f} patches/s, peak RSS {tb['peak_rss_mib']:.0f} MiB"),
+        ("train (cache)", f"{tc['patches_per_s']:.1f} patches/s, peak RSS {tc['peak_rss_mib']:.0f} MiB "
+                          f"(with loader workers {tc.get('peak_tree_rss_mib', float('nan')):.0f} MiB)"),
+        ("train (baseline)", f"{tb['patches_per_s']:.1f} patches/s, peak RSS {tb['peak_rss_mib']:.0f} MiB "
+                             f"(with loader workers {tb.get('peak_tree_rss_mib', float('nan')):.0f} MiB)"),
         ("speed-up", f"{tc['patches_per_s'] / tb['patches_per_s']:.1f}x training patches/s with the cache"),
     ]
     print(f"bench_train: {args.config}, {n_series} series, patch {res['patch_size']}, device {tc['device']}")

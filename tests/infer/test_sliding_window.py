@@ -159,3 +159,26 @@ def test_save_heatmap_keeps_the_geometry(tmp_path) -> None:
     np.testing.assert_allclose(back.origin, like.origin)
     with pytest.raises(ValueError, match="does not match"):
         save_heatmap(heat[:4], like, str(tmp_path / "bad.nii.gz"))
+
+
+def test_bfloat16_on_cpu_stays_close_to_float32() -> None:
+    from rsna_aneurysm.infer.sliding_window import resolve_precision
+
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("int8", torch.device("cpu"))
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    if resolve_precision("auto", torch.device("cpu")) != "bf16":
+        pytest.skip("this CPU has no native bfloat16")
+    from rsna_aneurysm.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet3d_tiny", channels=(4, 8, 8)).eval()
+    vol = np.random.default_rng(5).random((24, 20, 20), dtype=np.float32)
+    inferer = SlidingWindowInferer(SlidingWindowConfig(roi_size=(16, 16, 16), device="cpu"))
+    ref = inferer(prepare_model(model, "cpu", precision="fp32"), vol)
+    fast = prepare_model(model, "cpu", precision="auto")
+    assert next(fast.parameters()).dtype == torch.bfloat16
+    out = inferer(fast, vol)
+    assert out.heatmap.dtype == np.float32 and out.window_logits.dtype == np.float32
+    assert np.abs(out.heatmap - ref.heatmap).max() < 5e-3
+    assert np.abs(out.window_logits - ref.window_logits).max() < 5e-2

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..constants import MODALITIES
-from .sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model, weight_map
+from .sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model, resolve_precision, weight_map
 
 
 def untrained_weights(run_dir: Path, model: str = "unet3d_tiny", kwargs: dict[str, Any] | None = None,
@@ -99,6 +99,13 @@ def compare_with_monai(model: nn.Module, volume: np.ndarray, cfg: SlidingWindowC
     out["monai_prepared_model_s"] = round(t_monai_prepared, 3)
     out["equal"] = out["max_abs_diff"] <= 1e-4
     out["faster_1_3x"] = out["speedup"] >= 1.3
+    # The kit's default on CPUs with native bfloat16 (not part of the equality check).
+    if resolve_precision("auto", torch.device("cpu")) == "bf16":
+        fast_bf16 = prepare_model(model, "cpu", precision="bf16")
+        inferer(fast_bf16, warm)
+        t_bf16, res_bf16 = _best_of(lambda: inferer(fast_bf16, volume), repeat)
+        out["kit_bf16_s"] = round(t_bf16, 3)
+        out["max_abs_diff_bf16"] = float(np.abs(ref - res_bf16.heatmap).max())
     return out
 
 

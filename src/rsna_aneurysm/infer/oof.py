@@ -108,7 +108,8 @@ def run_oof(run_dir: str | Path, preprocessed: str | Path | None = None, folds: 
     rows: list[dict[str, Any]] = []
     for fold in wanted:
         ckpt = load_checkpoint(ckpts[fold])
-        model = prepare_model(build_from_checkpoint(ckpt), cfg.window.device, copy_model=False)
+        model = prepare_model(build_from_checkpoint(ckpt), cfg.window.device, copy_model=False,
+                              precision=cfg.window.precision)
         patch = ckpt.get("patch") or {}
         del ckpt
         spacing = float(cfg.spacing_mm or patch.get("spacing_mm") or 1.0)

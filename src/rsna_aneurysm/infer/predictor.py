@@ -200,7 +200,8 @@ class Predictor:
         models, metas = [], []
         for fold, path in self.checkpoints.items():
             ckpt = load_checkpoint(path)
-            models.append(prepare_model(build_from_checkpoint(ckpt), self.cfg.window.device, copy_model=False))
+            models.append(prepare_model(build_from_checkpoint(ckpt), self.cfg.window.device, copy_model=False,
+                                        precision=self.cfg.window.precision))
             metas.append({k: v for k, v in ckpt.items() if k != "state_dict"} | {"fold": fold, "path": str(path)})
             del ckpt
         self.meta = metas[0]

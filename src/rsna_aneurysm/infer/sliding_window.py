@@ -8,7 +8,8 @@ weight map (the Gaussian trusts window centres more than borders, where the mode
 
 Speed without changing the output: :func:`prepare_model` folds batch norm into the preceding convolutions and
 switches to channels-last memory (about 2x on CPU for the 3D U-Net); the weight map is built once per setting and
-cached; windows are gathered into one preallocated batch; windows outside the head mask can be skipped.
+cached; windows are gathered into one preallocated batch; windows outside the head mask can be skipped. With a
+small change of the output (about 1e-3 in probability): bfloat16 on CPUs with native support, float16 on CUDA.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class SlidingWindowConfig:
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...
     pad_value: float = 0.0  # value of padding when the volume is smaller than a window
     heatmap_activation: Literal["sigmoid", "none"] = "sigmoid"  # applied per window before blending
-    amp: bool = True  # float16 autocast on CUDA (ignored on CPU, where it would be slower)
+    # Arithmetic of the model: auto = float16 autocast on CUDA, bfloat16 weights on CPUs with native bf16 (AMX /
+    # AVX512-BF16: 2-3x faster, probabilities within ~1e-3), else float32. fp32 gives MONAI-equal outputs.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     skip_empty: bool = True  # skip windows holding no voxel of the mask passed to the inferer
 
 
@@ -128,6 +131,19 @@ def weight_map(roi: tuple[int, int, int], blend: str = "gaussian", sigma_scale: 
     return _weight_map_cached(tuple(int(r) for r in roi), blend, float(sigma_scale), str(device))
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``fp16`` on CUDA, ``bf16`` on a CPU with native bfloat16, else ``fp32``; others unchanged."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a convolution in an ``nn.Sequential`` into that conv.
 
@@ -149,18 +165,24 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def prepare_model(model: nn.Module, device: str | torch.device = "cpu", fold_bn: bool = True,
-                  channels_last: bool = True, copy_model: bool = True) -> nn.Module:
-    """An inference copy of ``model``: eval mode, on ``device``, batch norm folded, channels-last 3D memory."""
+                  channels_last: bool = True, copy_model: bool = True, precision: str = "fp32") -> nn.Module:
+    """An inference copy of ``model``: eval mode, on ``device``, batch norm folded, channels-last 3D memory, and
+    bfloat16 weights when ``precision`` resolves to ``bf16`` (see ``SlidingWindowConfig.precision``)."""
     if copy_model:
         model = copy.deepcopy(model)
-    model = model.eval().to(resolve_device(str(device)))
+    dev = resolve_device(str(device))
+    model = model.eval().to(dev)
     for p in model.parameters():
         p.requires_grad_(False)
     if fold_bn:
         fold_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
+    resolved = resolve_precision(precision, dev)
+    if resolved == "bf16":
+        model = model.to(torch.bfloat16)
     model._rsna_channels_last = channels_last  # read by the inferer to lay out its batches the same way
+    model._rsna_precision = resolved
     return model
 
 
@@ -219,7 +241,12 @@ class SlidingWindowInferer:
             starts = self._keep_masked(starts, mask, roi, pad_before)
 
         channels_last = bool(getattr(model, "_rsna_channels_last", False))
-        use_amp = cfg.amp and self.device.type == "cuda"
+        # The model's own precision when prepared with one; otherwise this config's (fp16 autocast needs no prep).
+        precision = getattr(model, "_rsna_precision", None)
+        if precision is None:  # an unprepared model keeps float32 weights: only CUDA autocast applies to it
+            precision = "fp16" if resolve_precision(cfg.precision, self.device) == "fp16" else "fp32"
+        use_fp16 = precision == "fp16" and self.device.type == "cuda"
+        in_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         w = weight_map(roi, cfg.blend, cfg.sigma_scale, self.device)
         heat_sum: torch.Tensor | None = None
         weight_sum = torch.zeros(padded, dtype=torch.float32, device=self.device)
@@ -232,9 +259,11 @@ class SlidingWindowInferer:
             for n, (k, j, i) in enumerate(chunk):
                 batch[n] = x[0, :, k:k + roi[0], j:j + roi[1], i:i + roi[2]]
             inp = batch[: len(chunk)]
+            if in_dtype != torch.float32:
+                inp = inp.to(in_dtype)
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_fp16):
                 logits, heat = _split_output(model(inp))
             if logits is not None:
                 logits_out.append(logits.float().reshape(len(chunk), -1))

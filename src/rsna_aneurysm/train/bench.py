@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import threading
 import time
 from typing import Any
 
@@ -22,9 +23,51 @@ from .loop import resolve_device, resolve_precision
 from .losses import build_loss
 
 
-def peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory (MiB)."""
+class TreeMemory:
+    """Peak resident memory (MiB) of this process plus its children (DataLoader workers), sampled in a thread.
+
+    Falls back to this process's own ``ru_maxrss`` when psutil is missing.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> TreeMemory:
+        try:
+            import psutil  # noqa: F401
+        except ImportError:
+            return self
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mib = max(self.peak_mib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def peak_memory(tree: TreeMemory | None = None) -> dict[str, float]:
+    """Peak resident memory (MiB; of the process tree when ``tree`` sampled it) and, on CUDA, peak GPU memory."""
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if tree is not None:
+        out["peak_tree_rss_mib"] = tree.peak_mib
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -49,6 +92,7 @@ def train_throughput(cfg: TrainConfig, ds: Dataset, steps: int, warmup: int = 2,
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = _loader(ds, cfg, cfg.data.workers if workers is None else workers)
     done, t0 = 0, 0.0
+    tree = TreeMemory().__enter__()
     while done < steps + warmup:
         for batch in loader:
             if done == warmup:
@@ -70,8 +114,9 @@ def train_throughput(cfg: TrainConfig, ds: Dataset, steps: int, warmup: int = 2,
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    tree.__exit__(None, None, None)
     return {"patches_per_s": steps * cfg.batch_size / seconds, "seconds": seconds, "steps": steps,
-            "batch_size": cfg.batch_size, "device": str(device), **peak_memory()}
+            "batch_size": cfg.batch_size, "device": str(device), **peak_memory(tree)}
 
 
 def data_epoch_seconds(cfg: TrainConfig, ds: Dataset, workers: int | None = None) -> dict[str, float]:
