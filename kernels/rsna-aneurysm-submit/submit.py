@@ -12,6 +12,9 @@ RSNA_SHARE_ROOT (share folder of the local gateway and the predictor), RSNA_PRED
 predictor settings, e.g. '{"budget.total_seconds": 32400}'), RSNA_SKIP_INSTALL=1 (use the kit already installed).
 """
 
+from __future__ import annotations
+
+import fnmatch
 import json
 import logging
 import os
@@ -26,15 +29,20 @@ WORK = Path(os.environ.get("RSNA_WORK_DIR", "/kaggle/working"))
 log = logging.getLogger("submit")
 
 
-def find(name_pattern):
-    """Files matching ``name_pattern`` up to four folders below the input root (mount layouts differ)."""
+def find(name_pattern: str, parent: str | None = None) -> list[Path]:
+    """Files matching ``name_pattern`` (in a folder named ``parent``, if given) up to four folders below the input
+    root (mount layouts differ). Folders of more than 500 entries (the competition's series) are not entered."""
     found = []
-    for depth in range(1, 5):
-        found += INPUT.glob("/".join(["*"] * depth) + "/" + name_pattern)
-    return sorted(set(found))
+    for root, dirs, files in os.walk(INPUT, followlinks=True):
+        here = Path(root)
+        if parent is None or here.name == parent:
+            found += [here / f for f in fnmatch.filter(files, name_pattern)]
+        if len(here.relative_to(INPUT).parts) >= 4 or len(dirs) + len(files) > 500:
+            dirs[:] = []
+    return sorted(found)
 
 
-def pip_install(wheels, find_links):
+def pip_install(wheels: list[Path], find_links: list[Path]) -> int:
     """Install wheel files into the working site folder, offline; returns the exit code."""
     site = WORK / "rsna_site"
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--upgrade",
@@ -47,8 +55,8 @@ def pip_install(wheels, find_links):
     return rc
 
 
-def install():
-    kit = [w for w in find("rsna_aneurysm-*.whl")]
+def install() -> None:
+    kit = find("rsna_aneurysm-*.whl")
     if not kit:
         raise SystemExit(f"no rsna_aneurysm-*.whl under {INPUT}: attach the code dataset")
     extra_dirs = [m.parent for m in find("rsna_wheels.json")]
@@ -59,7 +67,7 @@ def install():
         raise SystemExit(f"installing {kit[-1]} failed")
 
 
-def main():
+def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("RSNA_SKIP_INSTALL") != "1":
         install()
@@ -78,7 +86,7 @@ def main():
     log.info("rsna_aneurysm %s from %s; weights %s", rsna_aneurysm.__version__, rsna_aneurysm.__file__,
              manifests[0].parent)
 
-    for comp in find("kaggle_evaluation/__init__.py"):
+    for comp in find("__init__.py", parent="kaggle_evaluation"):
         sys.path.append(str(comp.parent.parent))
     try:
         import kaggle_evaluation.rsna_inference_server as rsna_server

@@ -33,8 +33,10 @@ rep = json.load(open(f"{out}/submission_report/report.json"))
 line = next(l for l in open(f"{out}/kernel_work/kernel.out") if l.startswith("predictor summary: "))
 summary = json.loads(line[len("predictor summary: "):])
 t = summary.get("mean_s", {})
-print(f"synthetic test score (weighted AUC): {rep['score']:.4f}{' (PARTIAL: ' + rep['label'] + ')' if rep['partial'] else ''}"
-      f" on {rep['n_series']} series; Aneurysm Present AUC {rep['aneurysm_auc']}")
+partial = f" ({rep['label']})" if rep["partial"] else ""
+ap = rep["aneurysm_auc"]
+print(f"synthetic test score (weighted AUC): {rep['score']:.4f}{partial} on {rep['n_series']} series; "
+      f"Aneurysm Present AUC {'-' if ap is None else f'{ap:.4f}'}")
 print(f"per series: {t.get('total_s', float('nan')):.2f} s (read {t.get('read_s', 0):.2f}, preprocess "
       f"{t.get('preprocess_s', 0):.2f}, model {t.get('model_s', 0):.2f}, aggregate {t.get('aggregate_s', 0):.3f}); "
       f"{summary['predicted']} predicted, {summary['fallback']} fallback rows")

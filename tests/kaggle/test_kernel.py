@@ -76,6 +76,50 @@ def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path) -> None
     assert not (tmp_path / "share").exists() or not any((tmp_path / "share").iterdir())
 
 
+FAKE_SERVER = """
+import json, os
+from pathlib import Path
+
+
+class RSNAInferenceServer:
+    def __init__(self, predict):
+        self.predict = predict
+
+    def _run(self, how):
+        series = sorted(p for p in Path(os.environ["FAKE_SERIES_ROOT"]).iterdir())
+        rows = [self.predict(str(s)).row(0) for s in series]
+        Path(os.environ["RSNA_WORK_DIR"], "fake_server.json").write_text(json.dumps({"how": how, "rows": rows}))
+
+    def serve(self):
+        self._run("serve")
+
+    def run_local_gateway(self):
+        self._run("run_local_gateway")
+"""
+
+
+def test_kernel_hands_the_predictor_to_the_competition_server(tmp_path: Path) -> None:
+    run = weights_helper.make_weights(tmp_path / "run")
+    staging = tmp_path / "staging"
+    package(run, KaggleConfig(owner="someone"), staging, download=False)
+    comp = staging / "datasets" / "rsna-intracranial-aneurysm-detection" / "kaggle_evaluation"
+    comp.mkdir(parents=True)
+    (comp / "__init__.py").write_text("")
+    (comp / "rsna_inference_server.py").write_text(FAKE_SERVER)
+    series = tmp_path / "series"
+    make_series(series / "a", SeriesSpec(preset="tiny", test_tags_only=True), series_uid="1.2.3", keep_volume=False)
+    work = tmp_path / "working"
+    work.mkdir()
+    env = {**os.environ, "RSNA_INPUT_ROOT": str(staging / "datasets"), "RSNA_WORK_DIR": str(work),
+           "FAKE_SERIES_ROOT": str(series), "KAGGLE_IS_COMPETITION_RERUN": "1", "RSNA_SKIP_INSTALL": "1",
+           "RSNA_SHARE_ROOT": str(tmp_path / "share")}
+    code = staging / "kernels" / "rsna-aneurysm-submit" / "submit.py"
+    proc = subprocess.run([sys.executable, str(code)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    got = json.loads((work / "fake_server.json").read_text())
+    assert got["how"] == "serve" and len(got["rows"]) == 1 and len(got["rows"][0]) == len(LABEL_COLS)
+
+
 def test_kernel_code_file_says_what_is_missing(tmp_path: Path) -> None:
     code = Path(__file__).parents[2] / "kernels" / "rsna-aneurysm-submit" / "submit.py"
     if not code.is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,16 @@ from rsna_aneurysm.data.toy import write_toy_preprocessed
 from rsna_aneurysm.io.nifti import read_volume, write_volume
 
 SHAPE = (32, 32, 32)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest leaves the app script installed as ``sys.modules["__main__"]``. A later test in the same
+    worker that starts a spawn process pool (the cache, the preprocessing) would then re-run the app in every child:
+    put the real ``__main__`` back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @dataclass

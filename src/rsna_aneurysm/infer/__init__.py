@@ -1,1 +1,1 @@
-"""infer stage."""
+"""infer stage: sliding windows, scan-level aggregation, time budget, the submission predictor, out-of-fold tables."""

@@ -43,8 +43,9 @@ def cmd_oof(args: argparse.Namespace) -> int:
     pre = Path(args.data or (run_config(weights).get("data") or {}).get("preprocessed") or "")
     labels = pre / "train.csv"
     if not args.score:
-        print(f"score it with: rsna-aneurysm score --pred {out} --labels {labels} --thresholds "
-              f"{weights / 'thresholds.json'}")
+        print(f"score it with --score, or: rsna-aneurysm score --pred {out} --labels {labels} --thresholds "
+              f"{weights / 'thresholds.json'} (score wants a label row for every prediction and the other way "
+              "round: with only some folds predicted, --score restricts the labels to them)")
         return 0
     import polars as pl
 

@@ -320,8 +320,8 @@ def _list_files(folder: Path) -> list[Path]:
 
 
 def _geometry_key(s: _Slice) -> tuple:
-    iop = None if s.iop is None else tuple(np.round(s.iop, 3))
-    ps = None if s.pixel_spacing is None else tuple(np.round(s.pixel_spacing, 3))
+    iop = None if s.iop is None else tuple(round(float(v), 3) for v in s.iop)
+    ps = None if s.pixel_spacing is None else tuple(round(float(v), 3) for v in s.pixel_spacing)
     return (s.rows, s.cols, iop, ps)
 
 

@@ -73,8 +73,9 @@ def _counting(model: Any, tick: Callable[[int], None]) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.model = model
-            # The inferer lays out its batches as the wrapped model wants them.
+            # The inferer lays out and casts its batches as the wrapped model wants them.
             self._rsna_channels_last = getattr(model, "_rsna_channels_last", False)
+            self._rsna_precision = getattr(model, "_rsna_precision", None)
 
         def forward(self, x: Any) -> Any:
             out = self.model(x)
