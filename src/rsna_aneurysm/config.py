@@ -158,25 +158,27 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return out
 
 
+def read_json_object(path: str | Path, error: type[Exception] = ConfigError, what: str = "config file") -> dict:
+    """A JSON file holding an object; a missing file, bad JSON or another type raises ``error`` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a JSON object")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults, then the JSON file (if any), then overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
+    data: dict[str, Any] = {} if path is None else read_json_object(path)
     cfg = from_dict(cls, data)
     return apply_overrides(cfg, overrides or {})
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    tmp.replace(path)
+    from .io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -64,7 +64,7 @@ def test_calibrate_save_load_round_trip(tmp_path: Path):
 
 def test_bad_threshold_files(tmp_path: Path):
     p = tmp_path / "t.json"
-    with pytest.raises(ThresholdFileError, match="no such file"):
+    with pytest.raises(ThresholdFileError, match="does not exist"):
         load_thresholds(p)
     p.write_text("{not json")
     with pytest.raises(ThresholdFileError, match="not valid JSON"):

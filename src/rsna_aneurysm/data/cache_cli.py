@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from ..config import ConfigError, from_dict, parse_overrides
+from ..config import ConfigError, from_dict, parse_overrides, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +23,7 @@ def load_cache_config(path: str | None, overrides: dict[str, str]):
             from ..train.config import shipped_config
 
             p = shipped_config(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a JSON object")
+        data = read_json_object(p)
         if "cache" in data:
             data = data["cache"]
             if not isinstance(data, dict):

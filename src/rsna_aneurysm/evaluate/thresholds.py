@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import read_json_object
 from ..constants import LABEL_COLS
 
 DEFAULT_THRESHOLD = 0.5
@@ -76,14 +77,7 @@ def save_thresholds(thresholds: dict[str, float] | dict[str, dict[str, Any]], pa
 def load_thresholds(path: str | Path) -> dict[str, float]:
     """Read a ``thresholds.json``; every label column needs a number in [0, 1]."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ThresholdFileError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ThresholdFileError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ThresholdFileError(f"{path}: expected a JSON object {{column: threshold}}")
+    data = read_json_object(path, ThresholdFileError, "thresholds file")
     missing = [c for c in LABEL_COLS if c not in data]
     unknown = sorted(set(data) - set(LABEL_COLS))
     if missing or unknown:

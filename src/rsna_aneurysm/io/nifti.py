@@ -6,32 +6,26 @@ interrupted run never leaves a half-written volume that looks complete.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from ..volume import LPS_TO_RAS, Volume
+from .atomic import atomic_path
 
 
 def write_volume(vol: Volume, path: str | Path, dtype: np.dtype | str | None = None) -> Path:
     """Write ``vol`` to ``path`` (``.nii`` or ``.nii.gz``) atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = vol.array if dtype is None else vol.array.astype(dtype, copy=False)
     # Volume arrays are [k, j, i]; NIfTI data is indexed [i, j, k].
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.ras_affine)
     img.header.set_xyzt_units("mm")
     img.header.set_qform(vol.ras_affine, code=1)
     img.header.set_sform(vol.ras_affine, code=1)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from ..config import save_config
 from ..constants import ID_COL, LOCALIZER_COLS
+from ..io.atomic import atomic_write_text
 from ..io.dicom import load_series
 from ..io.nifti import read_volume, write_volume
 from .annotations import map_localizers
@@ -39,9 +39,7 @@ MANIFEST_SCHEMA = {
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, default=float))
 
 
 def _series_table(data_dir: Path) -> pl.DataFrame:

@@ -9,13 +9,13 @@ A checkpoint is a plain dict of tensors and Python values (loadable with ``torch
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..constants import LABEL_COLS
+from ..io.atomic import atomic_path
 
 FORMAT = "rsna-aneurysm/checkpoint-v1"
 
@@ -31,13 +31,8 @@ def fold_dir(run_dir: str | Path, fold: int) -> Path:
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` atomically (temporary file, then rename): an interrupted save never leaves a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
