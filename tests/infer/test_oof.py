@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import polars as pl
 import pytest
+import weights_helper as _helper
 
 from rsna_aneurysm.cli import main
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
@@ -15,11 +15,6 @@ from rsna_aneurysm.data.splits import make_folds
 from rsna_aneurysm.data.synth import generate_dataset
 from rsna_aneurysm.preprocess.dataset import preprocess_dataset
 from rsna_aneurysm.preprocess.pipeline import PreprocessConfig
-
-_HELPER = Path(__file__).with_name("weights_helper.py")
-_spec = importlib.util.spec_from_file_location("rsna_test_weights_helper", _HELPER)
-_helper = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helper)
 
 
 @pytest.fixture(scope="module")

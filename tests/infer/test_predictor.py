@@ -3,7 +3,6 @@ share-folder deletion, lazy loading, heatmaps, and the time budget under a simul
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import weights_helper as _helper
 from pydicom.uid import RLELossless
 
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
@@ -20,10 +20,6 @@ from rsna_aneurysm.infer.budget import BudgetConfig
 from rsna_aneurysm.infer.gateway import check_prediction, run_gateway
 from rsna_aneurysm.infer.predictor import Predictor, PredictorConfig, WeightsError, find_checkpoints
 
-_HELPER = Path(__file__).with_name("weights_helper.py")
-_spec = importlib.util.spec_from_file_location("rsna_test_weights_helper", _HELPER)
-_helper = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helper)
 make_weights = _helper.make_weights
 
 # Every modality, plane and DICOM quirk of the synthetic generator.

@@ -3,30 +3,20 @@ from the code dataset's wheel, the predictor built from the weights dataset, the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import kaggle_standin as standin
 import polars as pl
 import pytest
+import weights_helper
 
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
 from rsna_aneurysm.data.synth import SeriesSpec, make_series
 from rsna_aneurysm.kaggle.package import KaggleConfig, package
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-standin = _load("rsna_test_kaggle_standin", Path(__file__).with_name("kaggle_standin.py"))
-weights_helper = _load("rsna_test_weights_helper", Path(__file__).parents[1] / "infer" / "weights_helper.py")
 
 
 def _test_folder(root: Path) -> Path:

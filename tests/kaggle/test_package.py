@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+import weights_helper
 
 from rsna_aneurysm.cli import main
 from rsna_aneurysm.config import load_config
@@ -16,11 +16,6 @@ from rsna_aneurysm.constants import LABEL_COLS
 from rsna_aneurysm.infer.predictor import PredictorConfig
 from rsna_aneurysm.kaggle import package as pkg
 from rsna_aneurysm.kaggle.push import check_dataset, check_kernel
-
-_spec = importlib.util.spec_from_file_location("rsna_test_weights_helper",
-                                               Path(__file__).parents[1] / "infer" / "weights_helper.py")
-weights_helper = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(weights_helper)
 
 
 def test_package_fills_every_folder_from_the_settings(tmp_path: Path) -> None:

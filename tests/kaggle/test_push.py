@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
+import kaggle_standin as standin
 import pytest
+import weights_helper
 
 from rsna_aneurysm.cli import main
 from rsna_aneurysm.kaggle.package import KaggleConfig, package
 from rsna_aneurysm.kaggle.push import output_error
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-standin = _load("rsna_test_kaggle_standin", Path(__file__).with_name("kaggle_standin.py"))
-weights_helper = _load("rsna_test_weights_helper", Path(__file__).parents[1] / "infer" / "weights_helper.py")
 
 OWNER = "testowner"
 

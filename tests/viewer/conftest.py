@@ -3,7 +3,6 @@ aneurysms, and (for the run button) a weights folder of an untrained tiny model.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import weights_helper
 
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
 from rsna_aneurysm.data.toy import write_toy_preprocessed
@@ -82,18 +82,9 @@ def viewer_data(tmp_path_factory) -> ViewerData:
     return ViewerData(pre, root / "pred", uids, pl.read_parquet(pre / "localizers.parquet"))
 
 
-def load_weights_helper():
-    """``tests/infer/weights_helper.py`` (a weights folder of untrained tiny models), loaded by path."""
-    path = Path(__file__).parents[1] / "infer" / "weights_helper.py"
-    spec = importlib.util.spec_from_file_location("rsna_test_weights_helper", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """One fold of a random-init ``unet3d_tiny`` on 16^3 windows at 2 mm, no flip TTA (a fast run button)."""
-    run = load_weights_helper().make_weights(tmp_path_factory.mktemp("weights") / "run", patch=16, spacing_mm=2.0)
+    run = weights_helper.make_weights(tmp_path_factory.mktemp("weights") / "run", patch=16, spacing_mm=2.0)
     (run / "predictor.json").write_text(json.dumps({"tta_flip": False, "threads": 1}))
     return run
