@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from rsna_aneurysm.constants import (
 from rsna_aneurysm.data.synth import SeriesSpec, draw_label_table, generate_dataset, localizer_world, make_series
 from rsna_aneurysm.data.synth.anatomy import vessel_tree
 from rsna_aneurysm.data.synth.geometry import plan_grid
+from rsna_aneurysm.data.synth.labels import COVER_MIN_SERIES, cases_frame, draw_cases
 from rsna_aneurysm.io.nifti import read_volume
 
 N_TRAIN, N_TEST = 24, 5
@@ -348,3 +350,61 @@ def test_cli_and_errors(tmp_path: Path) -> None:
         make_series(tmp_path / "z", SeriesSpec(seed=1))
     with pytest.raises(ValueError, match="preset"):
         generate_dataset(tmp_path / "y", 2, preset="huge")
+
+
+def _assert_scorable(df: pl.DataFrame) -> None:
+    """Every label column holds both classes (the metric's column-wise AUC is defined)."""
+    for col in LABEL_COLS:
+        assert sorted(df[col].unique().to_list()) == [0, 1], col
+
+
+@pytest.mark.parametrize("n", [COVER_MIN_SERIES, 17, 23, 40])
+def test_cover_labels_makes_every_column_scorable(n: int) -> None:
+    for seed in range(6):
+        plain = draw_cases(n, seed, "test")
+        covered = draw_cases(n, seed, "test", cover_labels=True)
+        df = cases_frame(covered, with_patient=True)
+        _assert_scorable(df)
+        # Only the labels change: UIDs, patients, demographics and the modality quota are the plain draw's.
+        assert [(c.series_uid, c.patient_id, c.age, c.sex, c.modality) for c in covered] == [
+            (c.series_uid, c.patient_id, c.age, c.sex, c.modality) for c in plain]
+        assert all(1 <= len(c.locations) <= 3 for c in covered if c.positive)
+        assert df.group_by("PatientID").agg(pl.col(LABEL_COLS).n_unique().max())[LABEL_COLS].max().row(0) == (
+            1,) * len(LABEL_COLS)  # a patient's series share their labels
+        assert sum(c.positive for c in covered) >= sum(c.positive for c in plain)
+
+
+def test_cover_labels_leaves_the_default_draw_alone() -> None:
+    # Fingerprint of the plain draw as it was before cover_labels existed (other tests and data depend on it).
+    h = hashlib.sha256()
+    for n in (5, 16, 24):
+        for c in draw_cases(n, 3, "test"):
+            h.update(repr(c).encode())
+    assert h.hexdigest() == "521645a0afe75c2748d42060ab581ead26e40893fef01d189f00d2c08040320c"
+    assert draw_cases(24, 3, "test", cover_labels=False) == draw_cases(24, 3, "test")
+    # A draw that already covers every location comes back unchanged.
+    plain = draw_cases(200, 1, "test")
+    _assert_scorable(cases_frame(plain))
+    assert draw_cases(200, 1, "test", cover_labels=True) == plain
+
+
+def test_cover_labels_needs_a_big_enough_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"cover_labels needs at least {COVER_MIN_SERIES} series"):
+        draw_cases(COVER_MIN_SERIES - 1, 0, "test", cover_labels=True)
+    with pytest.raises(ValueError, match=f"test_cover_labels .* needs n_test >= {COVER_MIN_SERIES}, got 5"):
+        generate_dataset(tmp_path / "x", 2, n_test=5, test_cover_labels=True)
+    assert not (tmp_path / "x").exists()
+    assert cli_main(["synth", "--out", str(tmp_path / "y"), "--n-series", "2", "--preset", "tiny", "--n-test", "5",
+                     "--test-cover-labels"]) == 2
+
+
+def test_cli_test_cover_labels_writes_a_scorable_solution(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    assert cli_main(["synth", "--out", str(out), "--n-series", "2", "--preset", "tiny", "--seed", "4",
+                     "--test-cover-labels"]) == 0
+    solution = pl.read_csv(out / "test" / "solution.csv")
+    assert solution.height == COVER_MIN_SERIES  # the default n_test with the flag
+    _assert_scorable(solution)
+    expected = cases_frame(draw_cases(COVER_MIN_SERIES, 4, "test", cover_labels=True)).select(ID_COL, *LABEL_COLS)
+    assert solution.equals(expected)
+    assert pl.read_csv(out / "train.csv").equals(cases_frame(draw_cases(2, 4, "train")))  # train split untouched

@@ -9,7 +9,7 @@ from pydicom.uid import RLELossless
 
 from rsna_aneurysm.constants import TEST_TAGS_WITH_DATA
 from rsna_aneurysm.data.synth import SeriesSpec, make_series
-from rsna_aneurysm.io.dicom import DicomSeriesError, MissingTagError, PixelDecodeError, load_series
+from rsna_aneurysm.io.dicom import DicomSeriesError, LoadOptions, MissingTagError, PixelDecodeError, load_series
 from rsna_aneurysm.preprocess.annotations import (
     Localizer,
     UnknownSOPError,
@@ -90,6 +90,11 @@ def test_multiframe_without_spacing_or_orientation_is_flagged(tmp_path):
     vol = load_series(folder)
     assert vol.meta["spacing_guessed"] and vol.meta["orientation_guessed"]
     assert any("PixelSpacing missing" in w for w in vol.meta["warnings"])
+    # The guess is a head-sized field of view over the matrix, not a fixed CT-like 0.5 mm.
+    n = max(vol.array.shape[1:])
+    assert np.allclose(vol.spacing[:2], 230.0 / n, atol=1e-3)
+    fixed = load_series(folder, LoadOptions(fallback_fov_mm=None, fallback_pixel_spacing=0.7))
+    assert np.allclose(fixed.spacing[:2], 0.7)
 
 
 def test_unknown_sop_is_reported_not_guessed(tmp_path):

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="image size: tiny (unit tests), small (CPU demo), full (512 x 512 x ~300)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     p.add_argument("--n-test", type=int, default=None, help="test series beyond the train ones (default max(2, N/5))")
+    p.add_argument("--test-cover-labels", action="store_true",
+                   help="every test label column gets both classes, so the metric is defined on test/solution.csv "
+                        "(needs --n-test >= 16, the default then)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic dataset already in --out")
     p.set_defaults(func=run_synth)
@@ -32,7 +35,7 @@ def run_synth(args: argparse.Namespace) -> int:
     try:
         summary = generate_dataset(args.out, args.n_series, preset=args.preset, seed=args.seed, n_test=args.n_test,
                                    workers=args.workers, overwrite=args.overwrite,
-                                   progress=sys.stderr.isatty())
+                                   progress=sys.stderr.isatty(), test_cover_labels=args.test_cover_labels)
     except (FileExistsError, ValueError) as e:
         log.error("%s", e)
         return 2

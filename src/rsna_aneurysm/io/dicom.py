@@ -55,7 +55,10 @@ class PixelDecodeError(DicomSeriesError):
 class LoadOptions:
     """Settings of :func:`load_series`."""
 
-    # In-plane spacing (mm) assumed when PixelSpacing is missing everywhere (flagged as guessed).
+    # When PixelSpacing is missing everywhere (flagged as guessed), the in-plane spacing is this field of view
+    # (mm) over the larger matrix side: head scans cover about 200-240 mm whatever the matrix (512 px -> 0.45 mm,
+    # 256 px -> 0.9 mm). Null: use fallback_pixel_spacing whatever the matrix.
+    fallback_fov_mm: float | None = 230.0
     fallback_pixel_spacing: float = 0.5
     # Slice spacing (mm) assumed when neither positions, SpacingBetweenSlices nor SliceThickness tell it.
     fallback_slice_spacing: float = 1.0
@@ -379,9 +382,13 @@ def load_series(folder: str | Path, options: LoadOptions | None = None, modality
     col_dir = col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)
     if first.pixel_spacing is None:
-        ps = (opts.fallback_pixel_spacing, opts.fallback_pixel_spacing)
+        guess = opts.fallback_pixel_spacing if not opts.fallback_fov_mm else \
+            round(float(opts.fallback_fov_mm) / max(first.rows, first.cols), 4)
+        ps = (guess, guess)
         meta["spacing_guessed"] = True
-        warnings.append(f"PixelSpacing missing everywhere: assumed {ps[0]} mm")
+        how = f" ({opts.fallback_fov_mm:g} mm field of view over {max(first.rows, first.cols)} px)" \
+            if opts.fallback_fov_mm else ""
+        warnings.append(f"PixelSpacing missing everywhere: assumed {guess:g} mm{how}")
     else:
         ps = first.pixel_spacing
     if min(ps) <= 0:

@@ -23,7 +23,7 @@ from pydicom.uid import RLELossless
 
 from ...constants import ID_COL, LABEL_COLS, LOCALIZER_COLS
 from .geometry import PRESETS
-from .labels import SPLIT_CODES, Case, cases_frame, draw_cases
+from .labels import COVER_MIN_SERIES, SPLIT_CODES, Case, cases_frame, draw_cases
 from .series import SeriesSpec, coordinates_str, make_series
 
 log = logging.getLogger(__name__)
@@ -114,23 +114,30 @@ def _localizer_frame(truths: list[dict]) -> pl.DataFrame:
 
 
 def generate_dataset(out: Path, n_series: int, preset: str = "tiny", seed: int = 0, n_test: int | None = None,
-                     workers: int = 1, overwrite: bool = False, progress: bool = False) -> dict:
+                     workers: int = 1, overwrite: bool = False, progress: bool = False,
+                     test_cover_labels: bool = False) -> dict:
     """Write a synthetic competition folder into ``out`` (layout in docs/layout.md); return summary counts.
 
     ``n_test`` extra series (default ``max(2, n_series // 5)``) go to ``out/test`` with test-time tags only.
     Labels equal ``draw_label_table(n_series, seed)``. The same arguments give byte-identical files.
+    ``test_cover_labels`` draws the test labels with ``cover_labels=True`` (every column of ``test/solution.csv``
+    holds both classes, so the metric is defined); it needs ``n_test >= COVER_MIN_SERIES`` (16), the default then.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
     if n_series < 1:
         raise ValueError(f"n_series must be >= 1, got {n_series}")
-    n_test = max(2, n_series // 5) if n_test is None else n_test
+    if n_test is None:
+        n_test = max(COVER_MIN_SERIES if test_cover_labels else 2, n_series // 5)
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0, got {n_test}")
+    if test_cover_labels and n_test < COVER_MIN_SERIES:
+        raise ValueError(f"test_cover_labels (--test-cover-labels) needs n_test >= {COVER_MIN_SERIES}, got {n_test}")
     start = time.perf_counter()
     out = Path(out)
     _prepare_out(out, overwrite)
-    train_cases, test_cases = draw_cases(n_series, seed, "train"), draw_cases(n_test, seed, "test")
+    train_cases = draw_cases(n_series, seed, "train")
+    test_cases = draw_cases(n_test, seed, "test", cover_labels=test_cover_labels)
     train_specs = plan_specs(train_cases, "train", preset, seed)
     test_specs = plan_specs(test_cases, "test", preset, seed)
     n_seg = min(n_series, max(int(round(SEGMENTATION_RATE * n_series)), 1 if n_series >= 4 else 0))

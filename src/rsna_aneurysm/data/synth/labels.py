@@ -3,7 +3,8 @@
 The targets follow the real training set (``shared/docs/competition.md``): modality mix 1808/1252/983/305, 43 %
 of series positive, about 2,251 aneurysms over about 1,862 positive series, ~1.2 series per patient. Counts are
 allocated by quota (largest remainder) rather than drawn independently, so even a 24-series demo set has the right
-mix and both classes, and a 4,348-series draw matches the targets almost exactly.
+mix and both classes, and a 4,348-series draw matches the targets almost exactly. ``cover_labels=True`` makes a split
+scorable: each of the 14 label columns holds both classes (the competition metric's column-wise AUC needs that).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ FEMALE_RATE = 0.62
 AGE_MEAN, AGE_SD, AGE_MIN, AGE_MAX = 57.0, 14.0, 18, 89
 
 SPLIT_CODES = {"train": 1, "test": 2, "series": 3}
+# Smallest split ``cover_labels`` accepts: 13 locations need 13 aneurysms (at most 3 per series) and one negative
+# series, and from 16 series the quota's 43 % positives usually carry them without turning more series positive.
+COVER_MIN_SERIES = 16
 
 
 @dataclass
@@ -101,15 +105,68 @@ def _patient_sizes(n: int, rng: np.random.Generator) -> list[int]:
     return sizes
 
 
-def draw_cases(n_series: int, seed: int, split: str = "train") -> list[Case]:
+def _cover_locations(sizes: list[int], slots_of: dict[int, list[int]],
+                     rng: np.random.Generator) -> dict[int, list[int]]:
+    """Change the location indices per positive patient (``slots_of``) as little as needed to use every location.
+
+    While the aneurysms are fewer than the locations, one is added to a random positive patient with fewer than 3,
+    else a random negative patient whose series are not the last negative ones turns positive (1-3 aneurysms as
+    usual). Locations no aneurysm has go to the added aneurysms first (the rest are drawn), then replace an
+    aneurysm of the most frequent location. A draw that already uses every location comes back unchanged.
+    """
+    n_loc, max_k = len(LOCATION_COLS), len(ANEURYSM_COUNT_PROBS)
+    slots_of = {p: list(s) for p, s in slots_of.items()}
+    total = sum(len(s) for s in slots_of.values())
+    n_negative = sum(sizes) - sum(sizes[p] for p in slots_of)
+    while total < n_loc:
+        growable = sorted(p for p, s in slots_of.items() if len(s) < max_k)
+        if growable:
+            slots_of[growable[int(rng.integers(len(growable)))]].append(-1)
+            total += 1
+            continue
+        convertible = [p for p in range(len(sizes)) if p not in slots_of and n_negative - sizes[p] >= 1]
+        if not convertible:
+            raise ValueError(f"cover_labels: {sum(sizes)} series cannot hold {n_loc} aneurysms and a negative series")
+        p = convertible[int(rng.integers(len(convertible)))]
+        k = 1 + int(rng.choice(max_k, p=ANEURYSM_COUNT_PROBS))
+        slots_of[p] = [-1] * k
+        n_negative -= sizes[p]
+        total += k
+    counts = np.bincount([loc for s in slots_of.values() for loc in s if loc >= 0], minlength=n_loc)
+    missing = [int(i) for i in rng.permutation(np.flatnonzero(counts == 0))]
+    for p in sorted(slots_of):
+        for i, loc in enumerate(slots_of[p]):
+            if loc < 0:
+                loc = missing.pop() if missing else int(rng.choice(n_loc, p=location_probs()))
+                slots_of[p][i] = loc
+                counts[loc] += 1
+    while missing:  # total >= n_loc, so a location that is missing means another one is used twice or more
+        donor = int(np.argmax(counts))
+        where = [(p, i) for p in sorted(slots_of) for i, loc in enumerate(slots_of[p]) if loc == donor]
+        p, i = where[int(rng.integers(len(where)))]
+        loc = missing.pop()
+        slots_of[p][i] = loc
+        counts[donor] -= 1
+        counts[loc] += 1
+    return slots_of
+
+
+def draw_cases(n_series: int, seed: int, split: str = "train", *, cover_labels: bool = False) -> list[Case]:
     """Draw ``n_series`` cases (sorted by SeriesInstanceUID) with the competition's label statistics.
 
-    With ``n_series >= 2`` there is at least one positive and one negative series.
+    With ``n_series >= 2`` there is at least one positive and one negative series. ``cover_labels=True`` (needs
+    ``n_series >= COVER_MIN_SERIES``) also makes every location positive in at least one series, so each of the 14
+    label columns holds both classes; it only changes the labels where the plain draw misses a location (adding
+    aneurysms, up to 3 per series, before turning negative patients positive), and keeps the UIDs, patients,
+    demographics and modalities of the plain draw.
     """
     if n_series < 0:
         raise ValueError(f"n_series must be >= 0, got {n_series}")
     if split not in SPLIT_CODES:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_CODES)}")
+    if cover_labels and n_series < COVER_MIN_SERIES:
+        raise ValueError(f"cover_labels needs at least {COVER_MIN_SERIES} series (one positive per location and a "
+                         f"negative one), got {n_series}")
     rng = np.random.default_rng([seed, SPLIT_CODES[split], 11])
     sizes = _patient_sizes(n_series, rng)
     target = int(round(POSITIVE_RATE * n_series))
@@ -127,15 +184,16 @@ def draw_cases(n_series: int, seed: int, split: str = "train") -> list[Case]:
     n_aneurysms = 1 + rng.choice(len(ANEURYSM_COUNT_PROBS), size=int(positive.sum()), p=ANEURYSM_COUNT_PROBS)
     slots = rng.permutation(np.repeat(np.arange(len(LOCATION_COLS)), quota(int(n_aneurysms.sum()), location_probs())))
     bounds = np.concatenate([[0], np.cumsum(n_aneurysms)])
+    slots_of = {int(p): [int(i) for i in slots[bounds[q]:bounds[q + 1]]]
+                for q, p in enumerate(np.flatnonzero(positive))}
+    if cover_labels:  # its own generator, so demographics (drawn below) match the plain draw
+        slots_of = _cover_locations(sizes, slots_of, np.random.default_rng([seed, SPLIT_CODES[split], 13]))
     cases: list[Case] = []
-    s = q = 0
+    s = 0
     for p, size in enumerate(sizes):
         age = int(np.clip(round(rng.normal(AGE_MEAN, AGE_SD)), AGE_MIN, AGE_MAX))
         sex = "Female" if rng.random() < FEMALE_RATE else "Male"
-        locations: tuple[str, ...] = ()
-        if positive[p]:
-            locations = tuple(LOCATION_COLS[i] for i in slots[bounds[q]:bounds[q + 1]])
-            q += 1
+        locations = tuple(LOCATION_COLS[i] for i in slots_of.get(p, ()))
         patient_id = f"SYN{split[:2].upper()}{seed}P{p:05d}"
         for _ in range(size):
             cases.append(Case(series_uid=make_uid(seed, split, "series", s), patient_id=patient_id, age=age,
