@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Step 40: cut the training patches once (positives around each aneurysm, head and hard negatives) into $OUT/cache;
+# Step 40: cut the training patches once (positives around each aneurysm, negatives inside the arterial region) into $OUT/cache;
 # a rerun reuses every intact entry.
 set -euo pipefail
 FOLDS=()
 [ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds "$OUT/data/folds.parquet")
-"$PY" -m rsna_aneurysm.cli cache --data "$OUT/pre" --out "$OUT/cache" --config unet3d_cpu_demo --workers 2 "${FOLDS[@]}"
+"$PY" -m rsna_aneurysm.cli cache --data "$OUT/pre" --out "$OUT/cache" --config unet3d_region_demo --workers 2 "${FOLDS[@]}"
 "$PY" - <<'PY'
 import os, polars as pl
 idx = pl.read_parquet(f"{os.environ['OUT']}/cache/index.parquet")

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Step 50: train the CPU demo config (Tiny 3D U-Net, focal + heatmap loss) on the cached patches, fold 0 by default
-# (DEMO_FOLDS=all or a comma list for more), into $OUT/weights/unet3d_cpu_demo; print the validation metrics.
+# Step 50: train the fine model of the two-stage demo (Tiny 3D U-Net, focal + heatmap loss) on the cached patches, fold 0 by default
+# (DEMO_FOLDS=all or a comma list for more), into $OUT/weights/unet3d_region_demo; print the validation metrics.
 set -euo pipefail
 FOLDS=()
 [ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds-table "$OUT/data/folds.parquet")
-"$PY" -m rsna_aneurysm.cli train --config unet3d_cpu_demo --data "$OUT/pre" --cache "$OUT/cache" \
+"$PY" -m rsna_aneurysm.cli train --config unet3d_region_demo --data "$OUT/pre" --cache "$OUT/cache" \
   --out "$OUT/weights" --fold "${DEMO_FOLDS:-0}" "${FOLDS[@]}"
 "$PY" - <<'PY'
 import glob, os, polars as pl
-run = f"{os.environ['OUT']}/weights/unet3d_cpu_demo"
+run = f"{os.environ['OUT']}/weights/unet3d_region_demo"
 for path in sorted(glob.glob(f"{run}/fold_*/metrics.csv")):
     m = pl.read_csv(path).select("epoch", "train_loss", "val_loss", "score", "auc", "acc", "sens", "spec", "f2",
                                  "train_patches_per_s")

@@ -15,6 +15,10 @@ echo "run: $RUN"
 if [ ! -f "$RUN/thresholds.json" ]; then
   "$PY" -m rsna_aneurysm.cli oof --weights "$RUN" --score --bootstrap 0 | tail -n 25
 fi
+if [ -d "$RUN/region" ] && [ ! -f "$RUN/pipelines/report.md" ]; then
+  echo "--- whole-scan vs two-stage, same fine model, same out-of-fold series ---"
+  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN"
+fi
 "$PY" -m rsna_aneurysm.cli package --weights "$RUN" --out "$OUT/kaggle" --no-wheels --owner demo-user
 "$PY" -m rsna_aneurysm.cli push --dir "$OUT/kaggle" --dry-run
 
@@ -37,7 +41,8 @@ partial = f" ({rep['label']})" if rep["partial"] else ""
 ap = rep["aneurysm_auc"]
 print(f"synthetic test score (weighted AUC): {rep['score']:.4f}{partial} on {rep['n_series']} series; "
       f"Aneurysm Present AUC {'-' if ap is None else f'{ap:.4f}'}")
-print(f"per series: {t.get('total_s', float('nan')):.2f} s (read {t.get('read_s', 0):.2f}, preprocess "
-      f"{t.get('preprocess_s', 0):.2f}, model {t.get('model_s', 0):.2f}, aggregate {t.get('aggregate_s', 0):.3f}); "
+print(f"per series ({summary.get('pipeline', 'whole-scan')} pipeline): {t.get('total_s', float('nan')):.2f} s (read "
+      f"{t.get('read_s', 0):.2f}, preprocess {t.get('preprocess_s', 0):.2f}, region {t.get('region_s', 0):.2f}, "
+      f"model {t.get('model_s', 0):.2f}, aggregate {t.get('aggregate_s', 0):.3f}); "
       f"{summary['predicted']} predicted, {summary['fallback']} fallback rows")
 PY

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rsna_aneurysm.evaluate.cli",
     "rsna_aneurysm.train.cli",
     "rsna_aneurysm.infer.cli",
+    "rsna_aneurysm.region.cli",
     "rsna_aneurysm.kaggle.cli",
     "rsna_aneurysm.viewer.cli",
 )

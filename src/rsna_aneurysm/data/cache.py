@@ -68,6 +68,10 @@ class CacheConfig:
     sphere_radius_mm: float = 4.0
     # Seed of the sampling (combined with each series uid, so results do not depend on worker order).
     seed: int = 0
+    # Two-stage pipeline: draw negatives only inside this box (mm along x, y, z) around each series' region centre
+    # (``region_targets.parquet`` of the preprocessed folder, from `rsna-aneurysm region targets`), where the
+    # fine model will look. Null: anywhere in the head.
+    region_box_mm: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -81,6 +85,7 @@ class SeriesTask:
     locations: list[int]  # index into LABEL_COLS of each point
     n_negatives: int
     key: str = ""
+    region_center: list[float] | None = None  # voxel (k, j, i) of the region centre (cfg.region_box_mm)
 
 
 @dataclass
@@ -108,6 +113,8 @@ def entry_key(task: SeriesTask, cfg: CacheConfig) -> str:
     payload = {"version": CACHE_VERSION, "uid": task.uid, "volume": _file_identity(task.volume),
                "mask": _file_identity(task.mask), "points": task.points, "locations": task.locations,
                "n_negatives": task.n_negatives, "cfg": to_dict(cfg)}
+    if task.region_center is not None:
+        payload["region_center"] = [round(float(v), 3) for v in task.region_center]
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -157,6 +164,8 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
         mask = str(pre / r["mask"]) if r.get("mask") else None
         tasks.append(SeriesTask(uid, str(pre / r["volume"]), mask, [p for p, _ in pts], [loc for _, loc in pts],
                                 n_negatives=0 if unmapped.get(uid) else -1))
+    if cfg.region_box_mm is not None:
+        _attach_region_centres(pre, tasks, manifest)
     n_points = sum(len(t.points) for t in tasks)
     per_series = int(round(cfg.negative_ratio * cfg.positives_per_aneurysm * n_points / max(len(tasks), 1)))
     for t in tasks:
@@ -168,6 +177,31 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
     series = ok.select(pl.col(ID_COL).cast(pl.Utf8), *(["Modality"] if "Modality" in ok.columns else []))
     series = series.with_columns(pl.Series(ANEURYSM_PRESENT, [present.get(u, 0) for u in series[ID_COL]]))
     return tasks, skipped, series
+
+
+def _attach_region_centres(pre: Path, tasks: list[SeriesTask], manifest: pl.DataFrame) -> None:
+    """Region centre of each task, as a voxel of its preprocessed volume (world -> index through the volume's grid)."""
+    from ..region.targets import read_targets
+    from ..volume import Volume
+
+    targets = {r[ID_COL]: r for r in read_targets(pre).iter_rows(named=True)}
+    geo = {str(r[ID_COL]): r for r in manifest.iter_rows(named=True)}
+    missing = []
+    for t in tasks:
+        r, g = targets.get(t.uid), geo.get(t.uid)
+        if r is None or g is None or g.get("origin") is None:
+            missing.append(t.uid)
+            continue
+        shape = tuple(int(v) for v in g["shape_kji"])
+        vol = Volume(array=np.empty((0, 0, 0)), spacing=tuple(g["spacing_ijk"]), origin=tuple(g["origin"]))
+        ijk = vol.world_to_index(np.array([[r["center_x"], r["center_y"], r["center_z"]]]))[0]
+        if not np.all((ijk >= -0.5) & (ijk <= np.asarray(shape[::-1]) - 0.5)):
+            log.warning("%s: region centre outside the volume; negatives from the whole head", t.uid)
+            continue
+        t.region_center = [float(v) for v in ijk[::-1]]
+    if missing:
+        log.warning("%d series without a region target: their negatives come from the whole head (%s)",
+                    len(missing), ", ".join(missing[:5]))
 
 
 def _work(args: tuple[SeriesTask, CacheConfig, str]) -> tuple[str, dict | None, str]:

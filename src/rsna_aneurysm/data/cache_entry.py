@@ -57,9 +57,12 @@ def sample_centers(arr: np.ndarray, head: np.ndarray, task: SeriesTask, spacing_
     pts = np.asarray(task.points, dtype=np.float64).reshape(-1, 3)
     centers = [jittered_centers(p, cfg.positives_per_aneurysm, jitter_vox, rng) for p in pts]
     kinds = ["pos"] * (len(pts) * cfg.positives_per_aneurysm)
+    region = region_mask(head.shape, task.region_center, cfg.region_box_mm, spacing_kji)
     n_hard = int(round(task.n_negatives * cfg.hard_negative_fraction))
     if n_hard:
         deep = deep_mask(head, spacing_kji, cfg.hard_negative_depth_mm)
+        if region is not None:
+            deep &= region
         probe = random_voxels(deep, 20000, rng)
         if len(probe):
             values = arr[probe[:, 0], probe[:, 1], probe[:, 2]]
@@ -72,12 +75,26 @@ def sample_centers(arr: np.ndarray, head: np.ndarray, task: SeriesTask, spacing_
             kinds += ["hard"] * len(hard)
     n_rand = task.n_negatives - sum(k == "hard" for k in kinds)
     if n_rand > 0:
-        cand = random_voxels(head, 30 * n_rand, rng)
+        cand = random_voxels(head if region is None else head & region, 30 * n_rand, rng)
         neg = sample_far_centers(cand, n_rand, pts, half_mm, spacing_kji, cfg.safety_radius_mm, rng)
         centers.append(neg)
         kinds += ["neg"] * len(neg)
     out = np.concatenate(centers, axis=0) if centers else np.zeros((0, 3), dtype=np.int64)
     return out.astype(np.int64), kinds
+
+
+def region_mask(shape: tuple[int, ...], center_kji: list[float] | None, box_mm: tuple | None,
+                spacing_kji: np.ndarray) -> np.ndarray | None:
+    """Boolean mask of the region box (``box_mm`` along x, y, z) around ``center_kji``; None when either is unset."""
+    if center_kji is None or box_mm is None:
+        return None
+    half = np.asarray(box_mm[::-1], dtype=np.float64) / 2.0 / np.asarray(spacing_kji, dtype=np.float64)
+    c = np.asarray(center_kji, dtype=np.float64)
+    lo = np.clip(np.floor(c - half).astype(int), 0, shape)
+    hi = np.clip(np.ceil(c + half).astype(int) + 1, 0, shape)
+    m = np.zeros(shape, dtype=bool)
+    m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    return m
 
 
 def _crc32(path: Path) -> int:

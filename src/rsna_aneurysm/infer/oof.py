@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
+from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS
+from ..region.infer import has_region, load_region, predict_two_stage
 from .predictor import PREVALENCE_FILE, PredictorConfig, find_checkpoints, write_prevalence
 from .scan import crop_to_mask, predict_volume
 from .sliding_window import SlidingWindowInferer, prepare_model
@@ -106,6 +107,16 @@ def run_oof(run_dir: str | Path, preprocessed: str | Path | None = None, folds: 
     manifest = _manifest(pre_dir)
     table = series_folds(train_cfg, pre_dir).join(manifest, on=ID_COL, how="inner")
     rows: list[dict[str, Any]] = []
+    regions: list[dict[str, Any]] = []
+    bundle = None
+    if cfg.pipeline != "whole" and has_region(run_dir):
+        prior = None
+        if (pre_dir / "train.csv").is_file():
+            lab = pl.read_csv(pre_dir / "train.csv", columns=list(LOCATION_COLS))
+            prior = np.array([float(lab[c].cast(pl.Float64).mean()) for c in LOCATION_COLS])
+        bundle = load_region(run_dir, cfg.two_stage.atlas_sigma_mm, prior, device=cfg.window.device)
+    elif cfg.pipeline == "two_stage":
+        raise OOFError(f"{run_dir}: pipeline two_stage needs region/region.json (rsna-aneurysm region train)")
     for fold in wanted:
         ckpt = load_checkpoint(ckpts[fold])
         model = prepare_model(build_from_checkpoint(ckpt), cfg.window.device, copy_model=False,
@@ -122,8 +133,19 @@ def run_oof(run_dir: str | Path, preprocessed: str | Path | None = None, folds: 
         for row in val.iter_rows(named=True):
             vol, mask = _load_pre(pre_dir, row, spacing)
             vol, mask = crop_to_mask(vol, mask, cfg.crop_margin_mm)
-            pred = predict_volume([model], vol.array, None if mask is None else mask.array, inferer,
-                                  cfg.aggregate, tta=cfg.tta_flip)
+            if bundle is not None:
+                two = predict_two_stage([model], vol, None if mask is None else mask.array, bundle, inferer,
+                                        cfg.aggregate, cfg.two_stage, tta=cfg.tta_flip)
+                pred = two.scan
+                regions.append({ID_COL: row[ID_COL], "fold": fold, "source": two.box.source,
+                                "spread_mm": two.box.spread_mm, "reason": two.box.reason,
+                                **{f"center_{a}": float(v) for a, v in zip("xyz", two.box.center)},
+                                **{f"size_{a}": float(v) for a, v in zip("xyz", two.box.size_mm)},
+                                "peaks": json.dumps([[round(float(v), 2) for v in p] + [round(float(q), 4)]
+                                                     for p, q in zip(two.peaks_world, two.peaks_prob)])})
+            else:
+                pred = predict_volume([model], vol.array, None if mask is None else mask.array, inferer,
+                                      cfg.aggregate, tta=cfg.tta_flip)
             rows.append({ID_COL: row[ID_COL], "fold": fold, **dict(zip(LABEL_COLS, pred.probs.tolist()))})
         log.info("fold %d: %d validation series in %.1f s", fold, val.height, time.perf_counter() - t0)
 
@@ -132,6 +154,32 @@ def run_oof(run_dir: str | Path, preprocessed: str | Path | None = None, folds: 
     out = Path(out) if out else run_dir / "oof.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     oof.write_parquet(out)
+    if regions:
+        reg = pl.DataFrame(regions)
+        reg.write_parquet(out.with_name(out.stem + "_regions.parquet"))
+        summary = region_recall(reg, pre_dir)
+        log.info("region: %s", summary)
+        (out.parent / (out.stem + "_regions.json")).write_text(json.dumps(summary, indent=2) + "\n")
     if (pre_dir / "train.csv").is_file():
         write_prevalence(pre_dir / "train.csv", run_dir / PREVALENCE_FILE)
     return oof
+
+
+def region_recall(regions: pl.DataFrame, pre_dir: str | Path) -> dict[str, Any]:
+    """Stage one's metrics: share of the localizers inside the predicted box, box sizes, fallback count."""
+    out: dict[str, Any] = {"series": regions.height,
+                           "fallback": int((regions["source"] == "fallback").sum()),
+                           "box_mm_mean": [round(float(regions[f"size_{a}"].mean()), 1) for a in "xyz"],
+                           "box_ml_mean": round(float((regions["size_x"] * regions["size_y"] * regions["size_z"])
+                                                      .mean()) / 1000.0, 1)}
+    path = Path(pre_dir) / "localizers.parquet"
+    if path.is_file():
+        locs = pl.read_parquet(path).filter((pl.col("status") == "ok") & pl.col("world_x").is_not_null())
+        j = locs.join(regions, on=ID_COL, how="inner")
+        inside = pl.all_horizontal(*((pl.col(f"world_{a}") - pl.col(f"center_{a}")).abs() <= pl.col(f"size_{a}") / 2
+                                     for a in "xyz"))
+        j = j.with_columns(inside.alias("inside"))
+        out["localizers"] = j.height
+        out["recall"] = round(float(j["inside"].mean()), 4) if j.height else None
+        out["missed"] = [f"{r[ID_COL]}: {r['location']}" for r in j.filter(~pl.col("inside")).iter_rows(named=True)]
+    return out

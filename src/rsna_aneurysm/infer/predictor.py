@@ -23,13 +23,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from ..config import from_dict, load_config, to_dict
-from ..constants import LABEL_COLS
+from ..constants import LABEL_COLS, LOCATION_COLS
+from ..region.infer import TwoStageConfig, has_region, load_region, predict_two_stage
 from .aggregate import AggregateConfig
 from .budget import BudgetConfig, BudgetPlanner, CostLevel, build_ladder
 from .scan import crop_to_mask, predict_volume
@@ -63,6 +64,10 @@ class PredictorConfig:
     heatmap_dir: str | None = None  # write each series' heatmap here as <uid>.nii.gz (for the viewer)
     threads: int | None = None  # torch CPU threads (null: torch's default)
     prevalence: list[float] | None = None  # fallback row (14 values); null: prevalence.json, else 0.5
+    # Whole-scan sliding windows, or the two-stage pipeline (region finder, then the fine model on the region crop:
+    # needs <weights>/region/); auto: two-stage when the weights folder has a region/ folder.
+    pipeline: Literal["auto", "whole", "two_stage"] = "auto"
+    two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
 
 
 def find_checkpoints(run_dir: str | Path, which: str = "best") -> dict[int, Path]:
@@ -143,6 +148,11 @@ class Predictor:
         self.thresholds = self._thresholds()
         self.levels = build_ladder(self.cfg.tta_flip, len(self.checkpoints), self.cfg.budget.spacing_steps)
         self.planner = BudgetPlanner(self.cfg.budget, self.levels, clock=clock) if self.cfg.use_budget else None
+        if self.cfg.pipeline == "two_stage" and not has_region(self.run_dir):
+            raise WeightsError(f"{self.run_dir}: pipeline two_stage needs region/region.json (rsna-aneurysm region "
+                               "train)")
+        self.two_stage = self.cfg.pipeline != "whole" and has_region(self.run_dir)
+        self.region = None
         self.models: list[Any] | None = None
         self.meta: dict[str, Any] = {}
         self.load_error: str | None = None
@@ -211,9 +221,14 @@ class Predictor:
         self.inferer = SlidingWindowInferer(dataclasses.replace(self.cfg.window, roi_size=tuple(int(r) for r in roi)))
         self.pre_cfg = {s: _preprocess_config(self.meta, self.spacing_mm * s)
                         for s in sorted({lvl.spacing_scale for lvl in self.levels})}
+        if self.two_stage:
+            prior = np.asarray(self.fallback_values)[[LABEL_COLS.index(c) for c in LOCATION_COLS]]
+            self.region = load_region(self.run_dir, self.cfg.two_stage.atlas_sigma_mm, prior,
+                                      device=str(self.inferer.device))
         self.models = models
-        log.info("loaded %d fold model(s) from %s in %.1f s (window %s at %.2f mm, device %s)", len(models),
-                 self.run_dir, self.clock() - t0, roi, self.spacing_mm, self.inferer.device)
+        log.info("loaded %d fold model(s) from %s in %.1f s (window %s at %.2f mm, device %s, %s pipeline)",
+                 len(models), self.run_dir, self.clock() - t0, roi, self.spacing_mm, self.inferer.device,
+                 "two-stage" if self.two_stage else "whole-scan")
 
     # -- prediction --------------------------------------------------------------------------------------------
     def predict(self, series_path: str) -> pl.DataFrame:
@@ -267,9 +282,19 @@ class Predictor:
         vol, mask = preprocess_volume(vol, self.pre_cfg[level.spacing_scale])
         vol, mask = crop_to_mask(vol, mask, self.cfg.crop_margin_mm)
         t2 = clock()
-        pred = predict_volume(self.models[: level.n_folds], vol.array, None if mask is None else mask.array,
-                              self.inferer, self.cfg.aggregate, tta=level.tta,
-                              want_heatmap=self.cfg.heatmap_dir is not None)
+        region_rec: dict[str, Any] = {}
+        heat_like = vol
+        if self.region is not None:
+            two = predict_two_stage(self.models[: level.n_folds], vol, None if mask is None else mask.array,
+                                    self.region, self.inferer, self.cfg.aggregate, self.cfg.two_stage, tta=level.tta)
+            pred = two.scan
+            heat_like = two.grid.volume(np.zeros(two.grid.shape, dtype=np.float32), like=vol)
+            region_rec = {"region_s": two.region_s, "region_source": two.box.source,
+                          "region_box_mm": [round(float(v), 1) for v in two.box.size_mm]}
+        else:
+            pred = predict_volume(self.models[: level.n_folds], vol.array, None if mask is None else mask.array,
+                                  self.inferer, self.cfg.aggregate, tta=level.tta,
+                                  want_heatmap=self.cfg.heatmap_dir is not None)
         t3 = clock()
         probs = np.asarray(pred.probs, dtype=np.float64)
         bad = ~np.isfinite(probs)
@@ -279,11 +304,13 @@ class Predictor:
             probs[bad] = np.asarray(self.fallback_values)[bad]
         if self.cfg.heatmap_dir is not None and pred.heatmap is not None:
             uid = str(vol.meta.get("series_uid") or Path(series_path).name)
-            save_heatmap(pred.heatmap, vol, str(Path(self.cfg.heatmap_dir) / f"{uid}.nii.gz"))
+            save_heatmap(pred.heatmap, heat_like, str(Path(self.cfg.heatmap_dir) / f"{uid}.nii.gz"))
         t4 = clock()
-        rec = {"read_s": t1 - t0, "preprocess_s": t2 - t1, "model_s": t3 - t2 - pred.aggregate_s,
-               "aggregate_s": pred.aggregate_s + (t4 - t3), "windows": pred.n_windows, "passes": pred.n_passes,
-               "shape_kji": list(vol.array.shape)}
+        region_s = float(region_rec.get("region_s", 0.0))
+        rec = {"read_s": t1 - t0, "preprocess_s": t2 - t1, "region_s": region_s,
+               "model_s": t3 - t2 - pred.aggregate_s - region_s, "aggregate_s": pred.aggregate_s + (t4 - t3),
+               "windows": pred.n_windows, "passes": pred.n_passes, "shape_kji": list(vol.array.shape),
+               **{k: v for k, v in region_rec.items() if k != "region_s"}}
         return probs.tolist(), rec
 
     def _fallback(self, uid: str, reason: str) -> None:
@@ -318,9 +345,12 @@ class Predictor:
         out: dict[str, Any] = {"predicted": self.n_predicted, "fallback": self.n_fallback,
                                "fallback_reasons": [f"{u}: {r}" for u, r in self.fallback_reasons[:20]]}
         if self.records:
-            keys = ("read_s", "preprocess_s", "model_s", "aggregate_s", "total_s")
+            keys = ("read_s", "preprocess_s", "region_s", "model_s", "aggregate_s", "total_s")
             out["mean_s"] = {k: round(float(np.mean([r[k] for r in self.records])), 3) for k in keys}
         if self.planner is not None:
             out["budget"] = self.planner.summary()
+        out["pipeline"] = "two-stage" if self.two_stage else "whole-scan"
+        if self.two_stage and self.records:
+            out["region_fallbacks"] = sum(r.get("region_source") == "fallback" for r in self.records)
         out["config"] = to_dict(self.cfg)
         return out

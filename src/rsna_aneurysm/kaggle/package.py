@@ -3,7 +3,8 @@
 Output (``out_dir``, default ``build/kaggle``; each dataset folder mirrors ``/kaggle/input/<slug>``):
 ```
 datasets/<weights_slug>/  fold_<k>.pt (the chosen checkpoints), config.json, predictor.json, prevalence.json,
-                          thresholds.json (when calibrated), rsna_weights.json (manifest), dataset-metadata.json
+                          thresholds.json (when calibrated), region.json + region_finder.pt + region_atlas.parquet
+                          (two-stage runs), rsna_weights.json (manifest), dataset-metadata.json
 datasets/<code_slug>/     rsna_aneurysm-<version>-py3-none-any.whl (the kit), rsna_code.json, dataset-metadata.json
 datasets/<wheels_slug>/   wheels the Kaggle image lacks (DICOM decoders), rsna_wheels.json, dataset-metadata.json
 kernels/<kernel_slug>/    submit.py (the thin code file), kernel-metadata.json
@@ -150,6 +151,13 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
         write_prevalence(train_csv, dest / PREVALENCE_FILE)
     if (run_dir / THRESHOLDS_FILE).is_file():
         shutil.copy2(run_dir / THRESHOLDS_FILE, dest / THRESHOLDS_FILE)
+    from ..region.infer import FLAT_NAMES, region_files
+
+    region = region_files(run_dir)  # two-stage run: stage one's files, flat (datasets hold no folders)
+    if region is not None:
+        for key, path in region.items():
+            if path.is_file():
+                shutil.copy2(path, dest / FLAT_NAMES[key])
     manifest = {"run": run_dir.name, "folds": chosen, "checkpoint": checkpoint, "kit_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": sorted(p.name for p in dest.iterdir())}
     _write_json(dest / WEIGHTS_MANIFEST, manifest)

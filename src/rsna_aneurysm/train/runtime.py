@@ -26,8 +26,15 @@ def resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype (None = full precision). CPU always trains in fp32."""
-    if device.type != "cuda" or cfg.precision == "fp32":
+    """Autocast dtype (None = full precision). On CPU, ``auto`` is bfloat16 autocast where the CPU computes it
+    natively (AMX / AVX512-BF16: 2-3x faster training steps), else fp32; ``bf16`` forces it; fp16 is CUDA only."""
+    if cfg.precision == "fp32":
+        return None
+    if device.type != "cuda":
+        from ..infer.sliding_window import resolve_precision as _infer_precision
+
+        if cfg.precision == "bf16" or (cfg.precision == "auto" and _infer_precision("auto", device) == "bf16"):
+            return torch.bfloat16
         return None
     if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16

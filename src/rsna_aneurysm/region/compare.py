@@ -1,0 +1,84 @@
+"""Whole-scan and two-stage pipelines scored side by side on the same out-of-fold series.
+
+``rsna-aneurysm pipelines --weights weights/<run>`` runs ``oof`` twice on the run's validation folds: once with the
+whole-scan sliding window over the head, once with the two-stage pipeline (region finder, then the same fine model
+on the region crop); ``--whole-weights`` puts a separately trained whole-scan run on the left instead. One report
+(``report.md`` + ``report.json``) holds, per pipeline, the competition score (or the clearly labelled partial
+score when a column holds one class), both halves, seconds per series, and stage one's region recall and box size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..constants import ID_COL, LABEL_COLS
+from ..infer.oof import run_config, run_oof
+from ..infer.predictor import PredictorConfig
+
+
+def _score(oof: pl.DataFrame, labels: pl.DataFrame) -> dict[str, Any]:
+    from ..evaluate.metric import partial_score
+
+    truth = labels.filter(pl.col(ID_COL).is_in(oof[ID_COL].to_list())).select(ID_COL, *LABEL_COLS)
+    parts = partial_score(truth, oof.select(ID_COL, *LABEL_COLS))
+    return {"score": parts.score, "aneurysm_auc": parts.aneurysm_auc, "location_auc": parts.location_mean_auc,
+            "partial": parts.partial, "label": parts.label(), "single_class_columns": parts.single_class_columns}
+
+
+def compare_pipelines(run_dir: str | Path, out_dir: str | Path, preprocessed: str | Path | None = None,
+                      folds: list[int] | None = None, cfg: PredictorConfig | None = None,
+                      whole_run: str | Path | None = None) -> dict[str, Any]:
+    """Score both pipelines on the same series; write ``report.json`` and ``report.md`` in ``out_dir``."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or PredictorConfig()
+    pre = Path(preprocessed or (run_config(run_dir).get("data") or {}).get("preprocessed") or "")
+    labels = pl.read_csv(pre / "train.csv", schema_overrides={ID_COL: pl.Utf8})
+    rows: dict[str, dict[str, Any]] = {}
+    for name, run, pipeline in (("whole-scan", Path(whole_run or run_dir), "whole"),
+                                ("two-stage", run_dir, "two_stage")):
+        t0 = time.perf_counter()
+        oof = run_oof(run, pre, folds, replace(cfg, pipeline=pipeline), out / f"oof_{pipeline}.parquet")
+        seconds = time.perf_counter() - t0
+        row = {"run": str(run), "series": oof.height, "seconds_per_series": seconds / max(oof.height, 1),
+               **_score(oof, labels)}
+        regions = out / f"oof_{pipeline}_regions.json"
+        if regions.is_file():
+            row["region"] = json.loads(regions.read_text())
+        rows[name] = row
+    if rows["whole-scan"]["series"] != rows["two-stage"]["series"]:
+        raise RuntimeError("the two pipelines predicted different series; compare runs with the same folds")
+    report = {"preprocessed": str(pre), "folds": folds, "pipelines": rows}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(format_report(report))
+    return report
+
+
+def _f(v: float | None, nd: int = 4) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The side-by-side table (markdown)."""
+    p = report["pipelines"]
+    lines = ["| pipeline | series | score | Aneurysm Present AUC | mean location AUC | s / series | region recall | "
+             "box (mm) | fallbacks |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in p.items():
+        reg = r.get("region") or {}
+        score = _f(r["score"]) + (" (partial)" if r["partial"] else "")
+        box = " x ".join(f"{v:g}" for v in reg["box_mm_mean"]) if reg else "whole head"
+        recall = _f(reg.get("recall"), 3) if reg else "-"
+        lines.append(f"| {name} | {r['series']} | {score} | {_f(r['aneurysm_auc'])} | {_f(r['location_auc'])} | "
+                     f"{r['seconds_per_series']:.2f} | {recall} | {box} | {reg.get('fallback', '-')} |")
+    single = next(iter(p.values()))["single_class_columns"]
+    if single:
+        lines.append("")
+        lines.append(f"Partial: {len(single)} column(s) hold a single class on these series and are left out "
+                     f"(the leaderboard metric would be undefined): {', '.join(single)}.")
+    return "\n".join(lines) + "\n"
