@@ -72,6 +72,11 @@ class CacheConfig:
     # (``region_targets.parquet`` of the preprocessed folder, from `rsna-aneurysm region targets`), where the
     # fine model will look. Null: anywhere in the head.
     region_box_mm: tuple[float, float, float] | None = None
+    # Hard-negative mining: a table of false-positive positions (``rsna-aneurysm mine``: SeriesInstanceUID,
+    # world_x, world_y, world_z); each gives mined_per_point negatives (jittered as the positives), kept only
+    # when they clear every aneurysm by safety_radius_mm.
+    mined_negatives: str | None = None
+    mined_per_point: int = 2
 
 
 @dataclass
@@ -86,6 +91,7 @@ class SeriesTask:
     n_negatives: int
     key: str = ""
     region_center: list[float] | None = None  # voxel (k, j, i) of the region centre (cfg.region_box_mm)
+    mined: list[list[float]] = field(default_factory=list)  # voxel (k, j, i) of mined false positives
 
 
 @dataclass
@@ -115,6 +121,8 @@ def entry_key(task: SeriesTask, cfg: CacheConfig) -> str:
                "n_negatives": task.n_negatives, "cfg": to_dict(cfg)}
     if task.region_center is not None:
         payload["region_center"] = [round(float(v), 3) for v in task.region_center]
+    if task.mined:
+        payload["mined"] = [[round(float(v), 2) for v in p] for p in task.mined]
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -166,6 +174,8 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
                                 n_negatives=0 if unmapped.get(uid) else -1))
     if cfg.region_box_mm is not None:
         _attach_region_centres(pre, tasks, manifest)
+    if cfg.mined_negatives:
+        _attach_mined(Path(cfg.mined_negatives), tasks, manifest)
     n_points = sum(len(t.points) for t in tasks)
     per_series = int(round(cfg.negative_ratio * cfg.positives_per_aneurysm * n_points / max(len(tasks), 1)))
     for t in tasks:
@@ -182,7 +192,6 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
 def _attach_region_centres(pre: Path, tasks: list[SeriesTask], manifest: pl.DataFrame) -> None:
     """Region centre of each task, as a voxel of its preprocessed volume (world -> index through the volume's grid)."""
     from ..region.targets import read_targets
-    from ..volume import Volume
 
     targets = {r[ID_COL]: r for r in read_targets(pre).iter_rows(named=True)}
     geo = {str(r[ID_COL]): r for r in manifest.iter_rows(named=True)}
@@ -192,16 +201,45 @@ def _attach_region_centres(pre: Path, tasks: list[SeriesTask], manifest: pl.Data
         if r is None or g is None or g.get("origin") is None:
             missing.append(t.uid)
             continue
-        shape = tuple(int(v) for v in g["shape_kji"])
-        vol = Volume(array=np.empty((0, 0, 0)), spacing=tuple(g["spacing_ijk"]), origin=tuple(g["origin"]))
-        ijk = vol.world_to_index(np.array([[r["center_x"], r["center_y"], r["center_z"]]]))[0]
-        if not np.all((ijk >= -0.5) & (ijk <= np.asarray(shape[::-1]) - 0.5)):
+        kji = _voxel_of(g, np.array([[r["center_x"], r["center_y"], r["center_z"]]]))[0]
+        if not np.all((kji >= -0.5) & (kji <= np.asarray(g["shape_kji"], dtype=np.float64) - 0.5)):
             log.warning("%s: region centre outside the volume; negatives from the whole head", t.uid)
             continue
-        t.region_center = [float(v) for v in ijk[::-1]]
+        t.region_center = [float(v) for v in kji]
     if missing:
         log.warning("%d series without a region target: their negatives come from the whole head (%s)",
                     len(missing), ", ".join(missing[:5]))
+
+
+def _voxel_of(row: dict, world: np.ndarray) -> np.ndarray:
+    """World points (N, 3) -> continuous voxel indices (N, 3) in (k, j, i) of a manifest row's volume."""
+    from ..volume import Volume
+
+    vol = Volume(array=np.empty((0, 0, 0)), spacing=tuple(row["spacing_ijk"]), origin=tuple(row["origin"]))
+    return vol.world_to_index(np.asarray(world, dtype=np.float64).reshape(-1, 3))[:, ::-1]
+
+
+def _attach_mined(path: Path, tasks: list[SeriesTask], manifest: pl.DataFrame) -> None:
+    """Mined false positives of each task's series, as voxels of its preprocessed volume."""
+    if not path.is_file():
+        raise CacheError(f"cache.mined_negatives: {path} does not exist (run `rsna-aneurysm mine` first)")
+    mined = pl.read_parquet(path)
+    need = {ID_COL, "world_x", "world_y", "world_z"}
+    if not need <= set(mined.columns):
+        raise CacheError(f"{path}: needs columns {sorted(need)}, has {mined.columns}")
+    geo = {str(r[ID_COL]): r for r in manifest.iter_rows(named=True)}
+    by_uid = {u: g.select("world_x", "world_y", "world_z").to_numpy()
+              for (u,), g in mined.group_by(ID_COL)}
+    for t in tasks:
+        pts = by_uid.get(t.uid)
+        if pts is None or t.uid not in geo or geo[t.uid].get("origin") is None:
+            continue
+        shape = np.asarray(geo[t.uid]["shape_kji"], dtype=np.float64)
+        kji = _voxel_of(geo[t.uid], pts)
+        inside = np.all((kji >= -0.5) & (kji <= shape - 0.5), axis=1)
+        t.mined = [[float(v) for v in p] for p in kji[inside]]
+    log.info("mined negatives: %d positions in %d series from %s", sum(len(t.mined) for t in tasks),
+             sum(bool(t.mined) for t in tasks), path)
 
 
 def _work(args: tuple[SeriesTask, CacheConfig, str]) -> tuple[str, dict | None, str]:

@@ -48,7 +48,8 @@ def _seeded_rng(seed: int, uid: str) -> np.random.Generator:
 
 def sample_centers(arr: np.ndarray, head: np.ndarray, task: SeriesTask, spacing_kji: np.ndarray, cfg: CacheConfig,
                    rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """Patch centres (N, 3) and their kinds ("pos", "hard", "neg") for one series."""
+    """Patch centres (N, 3) and their kinds ("pos", "hard", "mined", "neg") for one series; mined false positives
+    come on top of the series' negative quota."""
     size = np.asarray(cfg.patch_size, dtype=np.float64)
     half_mm = size / 2.0 * cfg.spacing_mm
     # Jitter no further than keeps the whole target sphere inside the patch.
@@ -73,6 +74,11 @@ def sample_centers(arr: np.ndarray, head: np.ndarray, task: SeriesTask, spacing_
             hard = sample_far_centers(cand, n_hard, pts, half_mm, spacing_kji, cfg.safety_radius_mm, rng)
             centers.append(hard)
             kinds += ["hard"] * len(hard)
+    if task.mined and cfg.mined_per_point > 0:
+        cand = np.concatenate([jittered_centers(p, cfg.mined_per_point, jitter_vox / 2.0, rng) for p in task.mined])
+        mined = sample_far_centers(cand, len(cand), pts, half_mm, spacing_kji, cfg.safety_radius_mm, rng)
+        centers.append(mined)
+        kinds += ["mined"] * len(mined)
     n_rand = task.n_negatives - sum(k == "hard" for k in kinds)
     if n_rand > 0:
         cand = random_voxels(head if region is None else head & region, 30 * n_rand, rng)
@@ -90,8 +96,8 @@ def region_mask(shape: tuple[int, ...], center_kji: list[float] | None, box_mm: 
         return None
     half = np.asarray(box_mm[::-1], dtype=np.float64) / 2.0 / np.asarray(spacing_kji, dtype=np.float64)
     c = np.asarray(center_kji, dtype=np.float64)
-    lo = np.clip(np.floor(c - half).astype(int), 0, shape)
-    hi = np.clip(np.ceil(c + half).astype(int) + 1, 0, shape)
+    lo = np.clip(np.ceil(c - half - 1e-6).astype(int), 0, shape)  # voxels within half the box of the centre
+    hi = np.clip(np.floor(c + half + 1e-6).astype(int) + 1, 0, shape)
     m = np.zeros(shape, dtype=bool)
     m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
     return m

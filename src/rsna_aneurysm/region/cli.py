@@ -76,8 +76,41 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..infer.cli import _predictor_config
+    from ..infer.oof import OOFError
+    from .mine import mine_negatives
+
+    weights = Path(args.weights)
+    try:
+        cfg = _predictor_config(args, weights)
+        mined = mine_negatives(weights, args.data, args.fold, args.top_k, args.min_heat, args.safety_mm,
+                               cfg=cfg, out=args.out)
+    except (OOFError, ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n_series = mined["SeriesInstanceUID"].n_unique() if mined.height else 0
+    print(f"mined {mined.height} false-positive positions in {n_series} series"
+          + (f" (heat median {mined['heat'].median():.3f})" if mined.height else ""))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..infer.cli import _folds
+
+    m = sub.add_parser("mine", help="hard-negative mining: a model's false positives on its training series",
+                       description="Writes the table cache.mined_negatives reads. Predictor settings: --config "
+                                   "FILE and --key value overrides.")
+    m.add_argument("--weights", required=True, help="run folder, weights/<run>")
+    m.add_argument("--fold", type=int, default=0, help="the fold whose model mines its training series")
+    m.add_argument("--data", help="preprocessed folder (default: the run config's data.preprocessed)")
+    m.add_argument("--top-k", type=int, default=8, help="heatmap peaks looked at per series")
+    m.add_argument("--min-heat", type=float, default=0.2, help="weaker peaks are left out")
+    m.add_argument("--safety-mm", type=float, default=12.0, help="peaks nearer an aneurysm are left out")
+    m.add_argument("--out", help="output table (default <preprocessed>/mined_negatives.parquet)")
+    m.add_argument("--config", help="JSON file of predictor settings (default <weights>/predictor.json if any)")
+    m.set_defaults(func=cmd_mine, accepts_overrides=True)
 
     q = sub.add_parser("pipelines", help="whole-scan vs two-stage pipeline, side by side on the same OOF series",
                        description="Runs oof with both pipelines on the run's validation folds and writes one "

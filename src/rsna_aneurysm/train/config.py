@@ -122,6 +122,9 @@ class TrainConfig:
     threshold: float = 0.5
     # Progress bars (only on a terminal, only on rank 0).
     progress: bool = True
+    # Start from these weights instead of a random init (fine-tuning, e.g. after hard-negative mining): a
+    # checkpoint file, or a run folder whose fold_<k>/best.pt matches the fold being trained.
+    init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -146,6 +146,16 @@ def train_fold(cfg: TrainConfig, fold: int, info: DistInfo | None = None, resume
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_epoch": -1,
                              "bad_epochs": 0, "history": [], "done": False, "accum": None, "rng": None}
     last_path = out / "last.pt"
+    if cfg.init_from and not (resume and last_path.exists()):
+        init = Path(cfg.init_from)
+        init = init if init.is_file() else fold_dir(init, fold) / "best.pt"
+        if not init.is_file():
+            raise CheckpointError(f"init_from: no checkpoint at {init}")
+        missing = model.load_state_dict(load_checkpoint(init)["state_dict"], strict=False)
+        if missing.missing_keys or missing.unexpected_keys:
+            raise CheckpointError(f"init_from {init}: another architecture (missing {missing.missing_keys[:3]}, "
+                                  f"unexpected {missing.unexpected_keys[:3]})")
+        log.info("fold %d: starting from the weights of %s", fold, init)
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
         bad = _compatible(ckpt["config"], cfg_dict)
