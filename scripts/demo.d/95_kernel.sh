@@ -16,8 +16,9 @@ if [ ! -f "$RUN/thresholds.json" ]; then
   "$PY" -m rsna_aneurysm.cli oof --weights "$RUN" --score --bootstrap 0 | tail -n 25
 fi
 if [ -d "$RUN/region" ] && [ ! -f "$RUN/pipelines/report.md" ]; then
-  echo "--- whole-scan vs two-stage, same fine model, same out-of-fold series ---"
-  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN"
+  echo "--- whole-scan vs two-stage: same fine model, same out-of-fold series, same test set ---"
+  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN" --test "$OUT/data" 2> "$OUT/pipelines.log" \
+    || { tail -n 20 "$OUT/pipelines.log" >&2; exit 1; }
 fi
 "$PY" -m rsna_aneurysm.cli package --weights "$RUN" --out "$OUT/kaggle" --no-wheels --owner demo-user
 "$PY" -m rsna_aneurysm.cli push --dir "$OUT/kaggle" --dry-run

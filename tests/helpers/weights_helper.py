@@ -33,3 +33,32 @@ def make_weights(run_dir: Path, folds: tuple[int, ...] = (0,), patch: int = 32, 
         values[LABEL_COLS[-1]] = 0.43
         (run_dir / "prevalence.json").write_text(json.dumps(values))
     return run_dir
+
+
+def add_region(run_dir: Path, seed: int = 0, max_spread_mm: float = 1e9) -> Path:
+    """Stage one of the two-stage pipeline in ``run_dir/region/``: an untrained finder (whose spread check is off
+    by default, so every series takes the finder path), ``region.json`` and an atlas from the synthetic vessel tree.
+    """
+    import numpy as np
+    import polars as pl
+
+    from rsna_aneurysm.config import to_dict
+    from rsna_aneurysm.region.finder import FinderConfig, RegionConfig, RegionFinder
+    from rsna_aneurysm.region.targets import truth_points
+    from rsna_aneurysm.region.train_finder import FINDER_FILE, REGION_ATLAS, REGION_DIR, REGION_FILE
+
+    cfg = RegionConfig(max_spread_mm=max_spread_mm,
+                       finder=FinderConfig(view_shape=(16, 16, 16), view_spacing_mm=14.0, channels=(2, 4, 8)))
+    folder = Path(run_dir) / REGION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    finder = RegionFinder(cfg.finder.channels).eval()
+    torch.save({"state_dict": finder.state_dict(), "finder": to_dict(cfg.finder), "kind": "region_finder"},
+               folder / FINDER_FILE)
+    (folder / REGION_FILE).write_text(json.dumps(to_dict(cfg)))
+    pts = truth_points({"pose": {"rotation": np.eye(3).tolist(), "translation": [0, 0, 0], "scale": 1.0}}, 6.0)
+    centre = np.mean([p.mean(axis=0) for p in pts.values()], axis=0)
+    rows = [{"location": loc, "dx": float(d[0]), "dy": float(d[1]), "dz": float(d[2])}
+            for loc, p in pts.items() for d in p - centre]
+    pl.DataFrame(rows).write_parquet(folder / REGION_ATLAS)
+    return Path(run_dir)

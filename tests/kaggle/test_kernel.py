@@ -32,8 +32,11 @@ def _test_folder(root: Path) -> Path:
     return root
 
 
-def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipeline", ["two-stage", "whole-scan"])
+def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path, pipeline: str) -> None:
     run = weights_helper.make_weights(tmp_path / "run", folds=(0, 1))
+    if pipeline == "two-stage":  # the default whenever the weights carry stage one
+        weights_helper.add_region(run)
     standin.make_wheel(tmp_path / "extra")
     staging = tmp_path / "staging"
     package(run, KaggleConfig(owner="someone"), staging, download=False, wheel_dirs=[tmp_path / "extra"])
@@ -63,6 +66,11 @@ def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path) -> None
     assert sorted(sub[ID_COL].to_list()) == sorted(pl.read_csv(test / "test.csv")[ID_COL].to_list())
     summary = json.loads(out.split("predictor summary: ", 1)[1].splitlines()[0])
     assert summary["predicted"] == 3 and summary["fallback"] == 0
+    assert summary["pipeline"] == pipeline
+    if pipeline == "two-stage":
+        assert {"region.json", "region_finder.pt", "region_atlas.parquet"} <= {
+            p.name for p in (staging / "datasets").glob("*weights*/*")}
+        assert summary["region_fallbacks"] == 0 and summary["mean_s"]["region_s"] > 0
     assert not (tmp_path / "share").exists() or not any((tmp_path / "share").iterdir())
 
 

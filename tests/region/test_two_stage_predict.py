@@ -86,7 +86,8 @@ def test_two_stage_predictor_answers_every_series_with_the_split(two_stage: dict
 
 def test_pipelines_report_scores_both_on_the_same_series(two_stage: dict[str, Path], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
-    rc = main(["pipelines", "--weights", str(two_stage["run"]), "--out", str(tmp_path / "rep")])
+    rc = main(["pipelines", "--weights", str(two_stage["run"]), "--out", str(tmp_path / "rep"),
+               "--test", str(two_stage["data"])])
     assert rc == 0
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     p = report["pipelines"]
@@ -97,6 +98,12 @@ def test_pipelines_report_scores_both_on_the_same_series(two_stage: dict[str, Pa
     b = pl.read_parquet(tmp_path / "rep" / "oof_two_stage.parquet").sort(ID_COL)
     assert a[ID_COL].to_list() == b[ID_COL].to_list() and a["fold"].to_list() == b["fold"].to_list()
     assert "| two-stage |" in (tmp_path / "rep" / "report.md").read_text()
+    # The test set, predicted as the kernel would, by both pipelines.
+    for name in p:
+        t = p[name]["test"]
+        assert t["series"] == 3 and t["fallback"] == 0 and 0.0 <= t["score"] <= 1.0
+    sub = pl.read_parquet(tmp_path / "rep" / "test_two_stage.parquet")
+    assert sub.columns == [ID_COL, *LABEL_COLS] and sub.height == 3
     assert "two-stage" in capsys.readouterr().out
 
 

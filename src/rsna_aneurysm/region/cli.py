@@ -64,8 +64,11 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     weights = Path(args.weights)
     try:
         cfg = _predictor_config(args, weights)
+        test = Path(args.test) if args.test else None
+        if test is not None and (test / "test").is_dir():
+            test = test / "test"  # a competition folder: its test split
         report = compare_pipelines(weights, args.out or weights / "pipelines", args.data, args.folds, cfg,
-                                   args.whole_weights)
+                                   args.whole_weights, test)
     except (OOFError, ConfigError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -119,6 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--whole-weights", help="a separately trained whole-scan run (default: the same fine model)")
     q.add_argument("--data", help="preprocessed folder (default: the run config's data.preprocessed)")
     q.add_argument("--folds", type=_folds, help="comma list of folds (default: every fold with a checkpoint)")
+    q.add_argument("--test", help="labelled test folder (test.csv, series/, solution.csv) or a synthetic DATA folder "
+                                  "to score both pipelines on as well")
     q.add_argument("--out", help="report folder (default <weights>/pipelines)")
     q.add_argument("--config", help="JSON file of predictor settings (default <weights>/predictor.json if any)")
     q.set_defaults(func=cmd_pipelines, accepts_overrides=True)

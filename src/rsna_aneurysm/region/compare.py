@@ -2,7 +2,9 @@
 
 ``rsna-aneurysm pipelines --weights weights/<run>`` runs ``oof`` twice on the run's validation folds: once with the
 whole-scan sliding window over the head, once with the two-stage pipeline (region finder, then the same fine model
-on the region crop); ``--whole-weights`` puts a separately trained whole-scan run on the left instead. One report
+on the region crop); ``--whole-weights`` puts a separately trained whole-scan run on the left instead. With
+``--test DIR`` (a labelled test folder: ``test.csv``, ``series/``, ``solution.csv``, as the synthetic generator
+writes) both predictors, built as the kernel builds them, also predict and score that test set. One report
 (``report.md`` + ``report.json``) holds, per pipeline, the competition score (or the clearly labelled partial
 score when a column holds one class), both halves, seconds per series, and stage one's region recall and box size.
 """
@@ -31,10 +33,27 @@ def _score(oof: pl.DataFrame, labels: pl.DataFrame) -> dict[str, Any]:
             "partial": parts.partial, "label": parts.label(), "single_class_columns": parts.single_class_columns}
 
 
+def score_test_set(run_dir: Path, test_dir: Path, cfg: PredictorConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Predict every series of a labelled test folder (``test.csv``, ``series/``, ``solution.csv``) with the
+    predictor as the kernel builds it (no budget, nothing deleted); the submission and its score."""
+    from ..infer.predictor import Predictor
+
+    predictor = Predictor(run_dir, replace(cfg, share_root=None, use_budget=False))
+    uids = pl.read_csv(test_dir / "test.csv", schema_overrides={ID_COL: pl.Utf8})[ID_COL].to_list()
+    t0 = time.perf_counter()
+    rows = [predictor.predict(str(test_dir / "series" / u)).with_columns(pl.lit(u).alias(ID_COL)) for u in uids]
+    seconds = time.perf_counter() - t0
+    sub = pl.concat(rows).select(ID_COL, *LABEL_COLS)
+    solution = pl.read_csv(test_dir / "solution.csv", schema_overrides={ID_COL: pl.Utf8})
+    return sub, {"series": len(uids), "seconds_per_series": seconds / max(len(uids), 1),
+                 "fallback": predictor.n_fallback, **_score(sub, solution)}
+
+
 def compare_pipelines(run_dir: str | Path, out_dir: str | Path, preprocessed: str | Path | None = None,
                       folds: list[int] | None = None, cfg: PredictorConfig | None = None,
-                      whole_run: str | Path | None = None) -> dict[str, Any]:
-    """Score both pipelines on the same series; write ``report.json`` and ``report.md`` in ``out_dir``."""
+                      whole_run: str | Path | None = None, test_dir: str | Path | None = None) -> dict[str, Any]:
+    """Score both pipelines on the same series (out-of-fold, and the labelled test folder ``test_dir`` when
+    given); write ``report.json`` and ``report.md`` in ``out_dir``."""
     run_dir, out = Path(run_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or PredictorConfig()
@@ -51,10 +70,14 @@ def compare_pipelines(run_dir: str | Path, out_dir: str | Path, preprocessed: st
         regions = out / f"oof_{pipeline}_regions.json"
         if regions.is_file():
             row["region"] = json.loads(regions.read_text())
+        if test_dir is not None:
+            sub, row["test"] = score_test_set(run, Path(test_dir), replace(cfg, pipeline=pipeline))
+            sub.write_parquet(out / f"test_{pipeline}.parquet")
         rows[name] = row
     if rows["whole-scan"]["series"] != rows["two-stage"]["series"]:
         raise RuntimeError("the two pipelines predicted different series; compare runs with the same folds")
-    report = {"preprocessed": str(pre), "folds": folds, "pipelines": rows}
+    report = {"preprocessed": str(pre), "folds": folds, "test": None if test_dir is None else str(test_dir),
+              "pipelines": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(format_report(report))
     return report
@@ -79,6 +102,15 @@ def format_report(report: dict[str, Any]) -> str:
     single = next(iter(p.values()))["single_class_columns"]
     if single:
         lines.append("")
-        lines.append(f"Partial: {len(single)} column(s) hold a single class on these series and are left out "
-                     f"(the leaderboard metric would be undefined): {', '.join(single)}.")
+        lines.append(f"Out-of-fold partial: {len(single)} column(s) hold a single class on these series and are "
+                     f"left out (the leaderboard metric would be undefined): {', '.join(single)}.")
+    if all("test" in r for r in p.values()):
+        lines += ["", f"Test set {report.get('test')}:", "",
+                  "| pipeline | series | score | Aneurysm Present AUC | mean location AUC | s / series | fallbacks |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in p.items():
+            t = r["test"]
+            score = _f(t["score"]) + (" (partial)" if t["partial"] else " (strict)")
+            lines.append(f"| {name} | {t['series']} | {score} | {_f(t['aneurysm_auc'])} | {_f(t['location_auc'])} | "
+                         f"{t['seconds_per_series']:.2f} | {t['fallback']} |")
     return "\n".join(lines) + "\n"

@@ -107,7 +107,7 @@ class TrainConfig:
     val_batch_size: int = 32
     # Steps per epoch; null: one pass over the training patches.
     steps_per_epoch: int | None = None
-    # auto: bf16 on CUDA when supported, else fp16 with a scaler; always fp32 on CPU.
+    # auto: bf16 on CUDA when supported, else fp16 with a scaler; on CPU bf16 where the CPU has native bf16, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # auto | cpu | cuda
     device: str = "auto"
