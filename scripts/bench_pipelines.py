@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="full", help="synthetic preset (tiny|small|full)")
     p.add_argument("--modalities", default=",".join(MODALITIES), help="comma list of modalities")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--tta", choices=("config", "on", "off"), default="config",
+                   help="flip TTA (default: the weights' predictor settings; the stand-in has it off)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.threads:
@@ -60,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rsna_bench_pipe_") as tmp:
         weights = Path(args.weights) if args.weights else stand_in_run(Path(tmp) / "run")
         series = Path(tmp) / "series"  # generated once, read by both pipelines
-        rows = {name: predict_timing(weights, mods, args.preset, {"pipeline": pipe}, keep=series)
+        tta = {} if args.tta == "config" else {"tta_flip": args.tta == "on"}
+        rows = {name: predict_timing(weights, mods, args.preset, {"pipeline": pipe, **tta}, keep=series)
                 for name, pipe in (("whole-scan", "whole"), ("two-stage", "two_stage"))}
-    print(f"predict per series ({args.preset} synthetic series, {torch.get_num_threads()} threads)")
+    print(f"predict per series ({args.preset} synthetic series, {torch.get_num_threads()} threads, flip TTA "
+          f"{args.tta})")
     print(f"{'modality':11s} {'pipeline':10s} {'total':>6s} {'read':>5s} {'prep':>5s} {'region':>6s} {'model':>6s} "
           f"{'aggr':>5s} {'windows':>7s}  shape (k,j,i)")
     for i, m in enumerate(mods):

@@ -185,3 +185,18 @@ def test_live_prediction_writes_row_and_heatmap(viewer_data, tiny_weights, tmp_p
     heat = ps.load_heatmap(series.uid, series.volume)
     assert heat.shape == series.volume.array.shape and heat.max() > 0
     shutil.rmtree(tmp_path / "live")
+
+
+def test_live_prediction_runs_the_two_stage_pipeline_like_the_kernel(viewer_data, tiny_weights, tmp_path):
+    import weights_helper
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_weights, run)
+    weights_helper.add_region(run)
+    series = open_data(viewer_data.pre).load(viewer_data.uids[0])
+    predictor = load_predictor(run)
+    res = run_prediction(predictor, series, tmp_path / "live")
+    assert predictor.region is not None and all(0.0 <= v <= 1.0 for v in res.probs.values())
+    heat = open_predictions(tmp_path / "live").load_heatmap(series.uid, series.volume)
+    # The two-stage heatmap lives on the region crop grid; the viewer puts it back on the series grid.
+    assert heat.shape == series.volume.array.shape and heat.max() > 0

@@ -177,7 +177,15 @@ def predict_two_stage(models: list, vol: Volume, mask: np.ndarray | None, bundle
     """Stage one, crop, stage two and the scan-level rules on one preprocessed volume (see the module docstring)."""
     cfg = cfg or TwoStageConfig()
     t0 = time.perf_counter()
-    box = bundle.locator.locate(vol, mask)
+    try:
+        box = bundle.locator.locate(vol, mask)
+    except Exception as e:  # noqa: BLE001 - stage one must not cost the series: the classical box answers instead
+        from .finder import head_box
+
+        log.warning("%s: region finder failed (%s: %s); head-geometry fallback region",
+                    vol.meta.get("series_uid") or "series", type(e).__name__, e)
+        box = bundle.locator.decide(None, float("nan"), None, head_box(vol, mask))
+        box.reason = f"finder failed: {type(e).__name__}"
     crop, grid = crop_region(vol, box, cfg.fill_value)
     region_s = time.perf_counter() - t0
     scan = predict_volume(models, crop, None, inferer, agg, tta=tta, want_heatmap=True)

@@ -117,14 +117,24 @@ def run_prediction(predictor: Any, series: SeriesData, out_dir: str | Path,
 
     report(0.4, f"sliding windows over {vol.array.shape} voxels: {passes} pass(es)")
     models = [_counting(m, tick) for m in predictor.models]
-    pred = predict_volume(models, vol.array, None if mask is None else mask.array, predictor.inferer,
-                          predictor.cfg.aggregate, tta=predictor.cfg.tta_flip, want_heatmap=True)
+    heat_grid = vol
+    if predictor.region is not None:  # the two-stage pipeline, as the kernel runs it: the heatmap covers the region
+        from ..region.infer import predict_two_stage
+
+        two = predict_two_stage(models, vol, None if mask is None else mask.array, predictor.region,
+                                predictor.inferer, predictor.cfg.aggregate, predictor.cfg.two_stage,
+                                tta=predictor.cfg.tta_flip)
+        pred = two.scan
+        heat_grid = two.grid.volume(np.zeros(two.grid.shape, dtype=np.float32), like=vol)
+    else:
+        pred = predict_volume(models, vol.array, None if mask is None else mask.array, predictor.inferer,
+                              predictor.cfg.aggregate, tta=predictor.cfg.tta_flip, want_heatmap=True)
     report(0.9, "writing the heatmap and the row")
     out_dir = Path(out_dir)
     heat_path = None
     if pred.heatmap is not None:
         heat_path = out_dir / "heatmaps" / f"{series.uid}.nii.gz"
-        save_heatmap(np.clip(pred.heatmap, 0.0, 1.0), vol, str(heat_path))
+        save_heatmap(np.clip(pred.heatmap, 0.0, 1.0), heat_grid, str(heat_path))
     probs = {c: float(v) for c, v in zip(LABEL_COLS, np.asarray(pred.probs, dtype=np.float64))}
     write_live_prediction(out_dir, series.uid, probs)
     report(1.0, "done")
