@@ -77,6 +77,14 @@ def test_two_stage_predictor_answers_every_series_with_the_split(two_stage: dict
     assert rec["region_source"] in ("finder", "fallback") and rec["region_s"] >= 0.0
     summary = predictor.summary()
     assert summary["pipeline"] == "two-stage" and "region_s" in summary["mean_s"]
+    # Heatmaps for the viewer are written on the region crop's grid (box size at the inference spacing).
+    heat_pred = Predictor.from_weights(run, overrides={"share_root": None, "heatmap_dir": str(run.parent / "heat")})
+    heat_pred.predict(str(series[0]))
+    from rsna_aneurysm.io.nifti import read_volume
+
+    heat = read_volume(run.parent / "heat" / f"{series[0].name}.nii.gz", mmap=False)
+    box = np.asarray(heat_pred.records[-1]["region_box_mm"])
+    assert np.allclose(np.asarray(heat.array.shape[::-1]) * np.asarray(heat.spacing), box, atol=4.0 + 1e-6)
     # The same weights forced onto the whole-scan pipeline give other numbers (the crop changes what is seen).
     whole = Predictor.from_weights(run, overrides={"share_root": None, "pipeline": "whole"})
     assert not whole.two_stage

@@ -288,7 +288,8 @@ class Predictor:
             two = predict_two_stage(self.models[: level.n_folds], vol, None if mask is None else mask.array,
                                     self.region, self.inferer, self.cfg.aggregate, self.cfg.two_stage, tta=level.tta)
             pred = two.scan
-            heat_like = two.grid.volume(np.zeros(two.grid.shape, dtype=np.float32), like=vol)
+            if self.cfg.heatmap_dir is not None:  # the heatmap covers the region crop: write it on that grid
+                heat_like = two.grid.volume(np.zeros(two.grid.shape, dtype=np.float32), like=vol)
             region_rec = {"region_s": two.region_s, "region_source": two.box.source,
                           "region_box_mm": [round(float(v), 1) for v in two.box.size_mm]}
         else:
