@@ -73,3 +73,27 @@ def test_patch_loss_adds_the_heatmap_term_and_label_weights():
     batch["labels"][:, -1] = 1
     w_loss, _ = build_loss(LossConfig(name="bce", label_weights=weights))(out, batch)
     assert abs(float(w_loss) - float(F.binary_cross_entropy_with_logits(torch.zeros(1), torch.ones(1)))) < 1e-6
+
+
+def test_heatmap_max_term_punishes_the_strongest_false_voxel():
+    """The multiple-instance term sees each patch's hottest voxel: one hot voxel in a negative patch costs, the
+    same voxel in a positive patch helps, and a cold negative patch costs least."""
+    cold = torch.full((1, 1, 4, 4, 4), -4.0)
+    hot = cold.clone()
+    hot[0, 0, 1, 2, 3] = 4.0
+    neg = {"labels": torch.zeros(1, 14), "mask": torch.zeros(1, 1, 4, 4, 4)}
+    pos = {"labels": torch.zeros(1, 14), "mask": torch.zeros(1, 1, 4, 4, 4)}
+    pos["labels"][0, -1] = 1
+    loss = build_loss(LossConfig(name="bce", heatmap_weight=1.0, heatmap_loss="bce", heatmap_max_weight=1.0))
+    logits = torch.zeros(1, 14)
+    neg_cold = loss({"logits": logits, "heatmap": cold}, neg)[1]["heatmap_max"]
+    neg_hot = loss({"logits": logits, "heatmap": hot}, neg)[1]["heatmap_max"]
+    pos_hot = loss({"logits": logits, "heatmap": hot}, pos)[1]["heatmap_max"]
+    assert neg_cold < pos_hot < neg_hot
+    assert abs(neg_hot - float(F.softplus(torch.tensor(4.0)))) < 1e-5  # BCE of logit 4 against 0
+    # The gradient reaches only the hottest voxel.
+    h = hot.clone().requires_grad_(True)
+    total, _ = build_loss(LossConfig(name="bce", heatmap_weight=0.0, heatmap_max_weight=1.0))(
+        {"logits": logits, "heatmap": h}, neg)
+    total.backward()
+    assert int((h.grad != 0).sum()) == 1 and h.grad[0, 0, 1, 2, 3] > 0

@@ -59,6 +59,10 @@ class LossConfig:
     heatmap_weight: float = 0.0
     # Voxel loss against the sphere masks: focal (same alpha/gamma), bce, or bce + soft Dice.
     heatmap_loss: Literal["focal", "bce", "bce_dice"] = "bce_dice"
+    # Weight of a multiple-instance term: BCE between each patch's highest heatmap logit and whether the patch
+    # holds an aneurysm. It punishes the single strongest false voxel, which is what a scan-level maximum sees
+    # (0 switches it off).
+    heatmap_max_weight: float = 0.0
 
 
 @dataclass

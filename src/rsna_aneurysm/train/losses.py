@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..data.patches import AP_INDEX
 from .config import LossConfig
 
 
@@ -74,7 +75,17 @@ class PatchLoss:
             h = self.heatmap(hm, batch["mask"])
             total = total + self.cfg.heatmap_weight * h
             parts["heatmap"] = float(h.detach())
+            if self.cfg.heatmap_max_weight > 0:
+                m = self.heatmap_max(hm, batch["labels"])
+                total = total + self.cfg.heatmap_max_weight * m
+                parts["heatmap_max"] = float(m.detach())
         return total, parts
+
+    @staticmethod
+    def heatmap_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BCE of each patch's highest heatmap logit against its Aneurysm Present label."""
+        top = logits.float().flatten(1).max(dim=1).values
+        return F.binary_cross_entropy_with_logits(top, labels[:, AP_INDEX].float())
 
 
 def build_loss(cfg: LossConfig) -> Callable[[dict, dict], tuple[torch.Tensor, dict[str, float]]]:
