@@ -64,8 +64,9 @@ class PredictorConfig:
     heatmap_dir: str | None = None  # write each series' heatmap here as <uid>.nii.gz (for the viewer)
     threads: int | None = None  # torch CPU threads (null: torch's default)
     prevalence: list[float] | None = None  # fallback row (14 values); null: prevalence.json, else 0.5
-    # Whole-scan sliding windows, or the two-stage pipeline (region finder, then the fine model on the region crop:
-    # needs <weights>/region/); auto: two-stage when the weights folder has a region/ folder.
+    # Whole-scan sliding windows, or the two-stage pipeline (region finder, then the fine model on the region crop;
+    # needs stage one's files: region/ in a run folder, flat region.json etc. in the packaged weights dataset);
+    # auto: two-stage whenever the weights have them.
     pipeline: Literal["auto", "whole", "two_stage"] = "auto"
     two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
 
