@@ -194,3 +194,24 @@ def test_finder_checkpoint_loads_with_weights_only(prepared: tuple[Path, Path], 
     train_region_finder(pre, tmp_path, cfg)
     state = torch.load(tmp_path / "region" / "finder.pt", weights_only=True)
     assert state["kind"] == "region_finder" and "state_dict" in state
+
+
+def test_a_failing_finder_hands_over_to_the_head_geometry_box() -> None:
+    from rsna_aneurysm.infer.aggregate import AggregateConfig
+    from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig, SlidingWindowInferer
+    from rsna_aneurysm.models import create_model
+    from rsna_aneurysm.region.finder import RegionFinder
+    from rsna_aneurysm.region.infer import RegionBundle, predict_two_stage
+
+    class Broken(RegionLocator):
+        def run_finder(self, view, grid):
+            raise RuntimeError("out of memory")
+
+    vol = _volume(shape=(40, 40, 40), spacing=(4.0, 4.0, 4.0), origin=(-80.0, -80.0, -80.0))
+    cfg = RegionConfig(box_mm=(64.0, 64.0, 64.0), max_box_mm=(64.0, 64.0, 64.0))
+    bundle = RegionBundle(Broken(cfg, RegionFinder((2, 2, 2))), None, cfg)
+    model = create_model("unet3d_tiny", channels=[2, 4, 4]).eval()
+    inferer = SlidingWindowInferer(SlidingWindowConfig(roi_size=(16, 16, 16), device="cpu", precision="fp32"))
+    two = predict_two_stage([model], vol, None, bundle, inferer, AggregateConfig())
+    assert two.box.source == "fallback" and "finder failed: RuntimeError" in two.box.reason
+    assert two.grid.shape == (16, 16, 16) and np.isfinite(two.scan.probs).all()

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..volume import Volume
-from .geometry import Grid, mask_box, sample, view_grid
+from .geometry import Grid, head_box, sample, view_grid
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,11 @@ def view_to_heat(idx_view: np.ndarray, factor: int = 4) -> np.ndarray:
     return (np.asarray(idx_view, dtype=np.float64) - (factor - 1) / 2.0) / factor
 
 
-def extract_view(vol: Volume, mask: np.ndarray | None, cfg: FinderConfig, shape: tuple[int, int, int] | None = None
-                 ) -> tuple[np.ndarray, Grid]:
-    """The coarse view (float32) of a normalised volume and its grid (``shape`` overrides the view shape)."""
-    grid = view_grid(vol, mask, shape or cfg.view_shape, cfg.view_spacing_mm)
+def extract_view(vol: Volume, box: tuple[np.ndarray, np.ndarray], cfg: FinderConfig,
+                 shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, Grid]:
+    """The coarse view (float32) of a normalised volume, centred on the head box ``box`` (:func:`head_box`), and
+    its grid (``shape`` overrides the view shape)."""
+    grid = view_grid(box, shape or cfg.view_shape, cfg.view_spacing_mm)
     return sample(vol, grid), grid
 
 
@@ -131,17 +132,6 @@ class RegionBox:
     def grid(self, spacing_mm: float) -> Grid:
         shape = tuple(int(math.ceil(s / spacing_mm - 1e-6)) for s in self.size_mm[::-1])
         return Grid.centred(self.center, shape, spacing_mm)
-
-
-def head_box(vol: Volume, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """World (lo, hi) of the head mask, or of the whole volume when there is no (or an empty) mask."""
-    box = mask_box(mask, vol) if mask is not None else None
-    if box is None:
-        n = np.asarray(vol.array.shape[::-1], dtype=np.float64)
-        lo = vol.index_to_world(np.zeros((1, 3)))[0]
-        hi = vol.index_to_world((n - 1.0)[None, :])[0]
-        box = (np.minimum(lo, hi), np.maximum(lo, hi))
-    return box
 
 
 def fallback_center(box: tuple[np.ndarray, np.ndarray], offset_mm: tuple[float, float, float]) -> np.ndarray:
@@ -196,7 +186,7 @@ class RegionLocator:
         if self.model is None:
             out = self.decide(None, float("nan"), None, box)
         else:
-            view, grid = extract_view(vol, mask, self.cfg.finder)
+            view, grid = extract_view(vol, box, self.cfg.finder)
             out = self.decide(*self.run_finder(view, grid), box)
         if out.source == "fallback":
             log.info("%s: region from the head-geometry fallback: %s", vol.meta.get("series_uid") or "series",

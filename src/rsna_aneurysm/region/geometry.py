@@ -147,13 +147,17 @@ def mask_box(mask: np.ndarray, vol: Volume) -> tuple[np.ndarray, np.ndarray] | N
     return world.min(axis=0), world.max(axis=0)
 
 
-def view_grid(vol: Volume, mask: np.ndarray | None, shape: tuple[int, int, int], spacing: float) -> Grid:
-    """The region finder's coarse view: ``shape`` voxels at ``spacing`` mm, centred on the head (mask box centre,
-    else the volume's centre)."""
+def head_box(vol: Volume, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """World (lo, hi) of the head mask, or of the whole volume when there is no (or an empty) mask."""
     box = mask_box(mask, vol) if mask is not None else None
     if box is None:
         n = np.asarray(vol.array.shape[::-1], dtype=np.float64)
-        center = vol.index_to_world(((n - 1.0) / 2.0)[None, :])[0]
-    else:
-        center = (box[0] + box[1]) / 2.0
-    return Grid.centred(center, shape, spacing)
+        lo = vol.index_to_world(np.zeros((1, 3)))[0]
+        hi = vol.index_to_world((n - 1.0)[None, :])[0]
+        box = (np.minimum(lo, hi), np.maximum(lo, hi))
+    return box
+
+
+def view_grid(box: tuple[np.ndarray, np.ndarray], shape: tuple[int, int, int], spacing: float) -> Grid:
+    """The region finder's coarse view: ``shape`` voxels at ``spacing`` mm, centred on the head box."""
+    return Grid.centred((box[0] + box[1]) / 2.0, shape, spacing)

@@ -28,7 +28,7 @@ from ..infer.scan import ScanPrediction, predict_volume
 from ..infer.sliding_window import SlidingWindowInferer
 from ..volume import Volume
 from .finder import RegionBox, RegionConfig, RegionFinder, RegionLocator
-from .geometry import Grid, sample
+from .geometry import Grid, head_box, sample
 from .train_finder import FINDER_FILE, REGION_ATLAS, REGION_DIR, REGION_FILE
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,6 @@ def predict_two_stage(models: list, vol: Volume, mask: np.ndarray | None, bundle
     try:
         box = bundle.locator.locate(vol, mask)
     except Exception as e:  # noqa: BLE001 - stage one must not cost the series: the classical box answers instead
-        from .finder import head_box
-
         log.warning("%s: region finder failed (%s: %s); head-geometry fallback region",
                     vol.meta.get("series_uid") or "series", type(e).__name__, e)
         box = bundle.locator.decide(None, float("nan"), None, head_box(vol, mask))

@@ -32,11 +32,10 @@ from .finder import (
     RegionFinder,
     RegionLocator,
     extract_view,
-    head_box,
     soft_argmax,
     view_to_heat,
 )
-from .geometry import Grid
+from .geometry import Grid, head_box
 from .targets import ATLAS_FILE, read_targets
 
 log = logging.getLogger(__name__)
@@ -66,11 +65,11 @@ def cut_views(pre: Path, rows: list[dict[str, Any]], cfg: FinderConfig) -> list[
     out = []
     for r in rows:
         vol, mask = _load(pre, r)
-        view, grid = extract_view(vol, mask, cfg, shape=shape)
+        box = head_box(vol, mask)
+        view, grid = extract_view(vol, box, cfg, shape=shape)
         center = np.array([r["center_x"], r["center_y"], r["center_z"]], dtype=np.float64)
         ext = np.array([r["extent_x"], r["extent_y"], r["extent_z"]], dtype=np.float64) \
             if r.get("extent_x") is not None else None
-        box = head_box(vol, mask)
         offset = np.array([center[0] - (box[0][0] + box[1][0]) / 2, center[1] - (box[0][1] + box[1][1]) / 2,
                            center[2] - box[1][2]])
         out.append({"uid": r[ID_COL], "view": view.astype(np.float16), "grid": grid, "center": center,
