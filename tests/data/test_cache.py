@@ -168,3 +168,22 @@ def test_dataset_keeps_a_bounded_number_of_entries_mapped(pre, tmp_path):
         assert len(ds._open) <= 2
     clone = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker receives: no open maps
     assert len(clone._open) == 0 and clone[0]["image"].shape == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("modality, expect", [("CTA", "bright"), ("MRI T2", "dark")])
+def test_hard_negatives_sit_on_bright_arteries_or_on_dark_flow_voids(modality, expect):
+    from rsna_aneurysm.data.cache import SeriesTask
+    from rsna_aneurysm.data.cache_entry import _seeded_rng, sample_centers
+
+    arr = np.full((48, 48, 48), 0.5, dtype=np.float32)
+    arr[6:14, 6:14, 8:40] = 1.0  # a bright tube (CTA artery), 2 % of the voxels
+    arr[34:42, 8:40, 34:42] = 0.0  # a dark tube (T2 flow void)
+    head = np.ones(arr.shape, dtype=bool)
+    cfg = CacheConfig(patch_size=(8, 8, 8), jitter_mm=0.0, hard_negative_fraction=1.0, hard_negative_depth_mm=0.0,
+                      hard_negative_percentile=99.0, safety_radius_mm=1.0)
+    task = SeriesTask("uid", "v.npy", None, [], [], n_negatives=12, modality=modality)
+    centers, kinds = sample_centers(arr, head, task, np.ones(3), cfg, _seeded_rng(0, "uid"))
+    hard = centers[np.asarray(kinds) == "hard"]
+    assert len(hard) == 12
+    values = arr[hard[:, 0], hard[:, 1], hard[:, 2]]
+    assert np.all(values == (1.0 if expect == "bright" else 0.0)), values

@@ -62,6 +62,10 @@ class CacheConfig:
     # head; the depth keeps hard negatives on vessels rather than on the skull.
     hard_negative_percentile: float = 99.0
     hard_negative_depth_mm: float = 12.0
+    # Modalities whose arteries are darker than the tissue around them (T2: flow voids in bright CSF): their hard
+    # negatives sit on the darkest deep voxels instead (at or below the 100 - hard_negative_percentile percentile),
+    # since the brightest ones there are CSF.
+    hard_negative_dark_modalities: tuple[str, ...] = ("MRI T2",)
     # No aneurysm may lie inside a negative patch or within this distance (mm) of its border.
     safety_radius_mm: float = 4.0
     # Radius (mm) of the target sphere drawn around each aneurysm in the patch masks.
@@ -92,6 +96,7 @@ class SeriesTask:
     key: str = ""
     region_center: list[float] | None = None  # voxel (k, j, i) of the region centre (cfg.region_box_mm)
     mined: list[list[float]] = field(default_factory=list)  # voxel (k, j, i) of mined false positives
+    modality: str = ""  # the manifest's Modality (chooses bright or dark hard negatives)
 
 
 @dataclass
@@ -118,7 +123,7 @@ def entry_key(task: SeriesTask, cfg: CacheConfig) -> str:
     """Hash of the series' inputs and the settings: the entry's file name."""
     payload = {"version": CACHE_VERSION, "uid": task.uid, "volume": _file_identity(task.volume),
                "mask": _file_identity(task.mask), "points": task.points, "locations": task.locations,
-               "n_negatives": task.n_negatives, "cfg": to_dict(cfg)}
+               "n_negatives": task.n_negatives, "modality": task.modality, "cfg": to_dict(cfg)}
     if task.region_center is not None:
         payload["region_center"] = [round(float(v), 3) for v in task.region_center]
     if task.mined:
@@ -171,7 +176,7 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
             continue
         mask = str(pre / r["mask"]) if r.get("mask") else None
         tasks.append(SeriesTask(uid, str(pre / r["volume"]), mask, [p for p, _ in pts], [loc for _, loc in pts],
-                                n_negatives=0 if unmapped.get(uid) else -1))
+                                n_negatives=0 if unmapped.get(uid) else -1, modality=str(r.get("Modality") or "")))
     if cfg.region_box_mm is not None:
         _attach_region_centres(pre, tasks, manifest)
     if cfg.mined_negatives:

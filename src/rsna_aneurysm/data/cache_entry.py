@@ -67,9 +67,12 @@ def sample_centers(arr: np.ndarray, head: np.ndarray, task: SeriesTask, spacing_
         probe = random_voxels(deep, 20000, rng)
         if len(probe):
             values = arr[probe[:, 0], probe[:, 1], probe[:, 2]]
-            bright = deep & (arr >= np.percentile(values, cfg.hard_negative_percentile))
+            if task.modality in cfg.hard_negative_dark_modalities:  # dark arteries: the darkest deep voxels
+                vessel_like = deep & (arr <= np.percentile(values, 100.0 - cfg.hard_negative_percentile))
+            else:
+                vessel_like = deep & (arr >= np.percentile(values, cfg.hard_negative_percentile))
             del deep
-            cand = random_voxels(bright, 30 * n_hard, rng)
+            cand = random_voxels(vessel_like, 30 * n_hard, rng)
             cand = cand + np.rint(rng.uniform(-1, 1, size=cand.shape) * jitter_vox).astype(np.int64)
             hard = sample_far_centers(cand, n_hard, pts, half_mm, spacing_kji, cfg.safety_radius_mm, rng)
             centers.append(hard)
