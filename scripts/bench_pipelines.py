@@ -6,9 +6,10 @@ two_stage`` (region finder on a coarse view, then the fine model's sliding windo
 per series: total seconds and the split into reading, preprocessing, stage one (region), model and aggregation, and
 the ratio whole / two-stage measured in this run. Target on this 2-core CPU for the two-stage default: <= 8 s.
 
-Without ``--weights`` a stand-in two-stage run is built: the demo's fine model (``unet3d_tiny`` 8-16-32, 32^3
-windows at 1 mm, untrained: timing does not depend on the weights) plus an untrained region finder whose
-spread check is disabled, so every series runs the finder and crops the default box (the work a trained finder does).
+Without ``--weights`` a stand-in two-stage run is built: the demo's fine model (model, window size and spacing
+read from the shipped ``unet3d_region_demo`` config; untrained: timing does not depend on the weights) plus an
+untrained region finder whose spread check is disabled, so every series runs the finder and crops the default
+box (the work a trained finder does).
 
 Example: ``python scripts/bench_pipelines.py --out bench_pipelines.json``
 """
@@ -33,7 +34,11 @@ def stand_in_run(run_dir: Path) -> Path:
     from rsna_aneurysm.region.finder import RegionConfig, RegionFinder
     from rsna_aneurysm.region.train_finder import FINDER_FILE, REGION_DIR, REGION_FILE
 
-    untrained_weights(run_dir, kwargs={"channels": [8, 16, 32]}, patch=32, spacing_mm=1.0)
+    from rsna_aneurysm.train.config import load_train_config, shipped_config
+
+    demo = load_train_config(shipped_config("unet3d_region_demo"))
+    untrained_weights(run_dir, demo.model.name, dict(demo.model.kwargs), patch=int(demo.cache.patch_size[0]),
+                      spacing_mm=float(demo.cache.spacing_mm))
     cfg = RegionConfig(max_spread_mm=1e9)
     folder = run_dir / REGION_DIR
     folder.mkdir(parents=True, exist_ok=True)

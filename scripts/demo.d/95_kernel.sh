@@ -16,8 +16,8 @@ if [ ! -f "$RUN/thresholds.json" ]; then
   "$PY" -m rsna_aneurysm.cli oof --weights "$RUN" --score --bootstrap 0 | tail -n 25
 fi
 if [ -d "$RUN/region" ] && [ ! -f "$RUN/pipelines/report.md" ]; then
-  echo "--- whole-scan vs two-stage: same fine model, same out-of-fold series, same test set ---"
-  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN" --test "$OUT/data" 2> "$OUT/pipelines.log" \
+  echo "--- whole-scan vs two-stage: same fine model, same out-of-fold series (add --test DATA to score the test set too) ---"
+  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN" 2> "$OUT/pipelines.log" \
     || { tail -n 20 "$OUT/pipelines.log" >&2; exit 1; }
 fi
 "$PY" -m rsna_aneurysm.cli package --weights "$RUN" --out "$OUT/kaggle" --no-wheels --owner demo-user
