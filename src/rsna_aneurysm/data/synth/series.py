@@ -75,8 +75,8 @@ def _aneurysm_radius_mm(preset: str, in_plane_mm: float, rng: np.random.Generato
 
     In ``small`` (about 2 mm pixels) the floor is 1.6-2.2 pixels of radius, so a sac is 3 to 4 pixels across and
     its round shape stands out from its parent artery (the internal carotid is 2.1-2.5 mm in radius here). On real
-    CTA (0.4-0.5 mm pixels) a 2.5 mm sac already spans 10 pixels; a floor of one pixel made sac and siphon the same
-    blob, which no detector can tell apart.
+    CTA (0.4-0.5 mm pixels) a 2.5 mm sac already spans 10 pixels. A floor of one pixel made sac and siphon the
+    same blob, and the demo's fine model could not tell them apart (docs/synthetic_data.md).
     """
     r = 1.0 + 5.0 * float(rng.beta(1.5, 4.0))
     if preset == "tiny":
