@@ -32,6 +32,7 @@ def test_shipped_configs_load_and_build_their_model(name):
     ({"model": {"name": "cnn3d", "kwargs": {"chanels": [4, 8, 16]}}}, "model.kwargs.chanels"),
     ({"loss": {"pos_weight": [1.0, 2.0]}}, "loss.pos_weight"),
     ({"augment": {"flip_lr": "often"}}, "augment.flip_lr"),
+    ({"cache": {"hard_negative_dark_modalities": ["T2"]}}, "cache.hard_negative_dark_modalities"),
 ])
 def test_bad_config_fails_naming_the_key(tmp_path, data, key):
     path = tmp_path / "bad.json"

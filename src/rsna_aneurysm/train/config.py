@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import ConfigError, load_config
-from ..constants import N_LABELS
+from ..constants import MODALITIES, N_LABELS
 from ..data.cache import CacheConfig
 
 
@@ -169,6 +169,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'steps_per_epoch': must be at least 1 or null, got {cfg.steps_per_epoch}")
     if len(cfg.cache.patch_size) != 3 or min(cfg.cache.patch_size) < 4:
         raise ConfigError(f"config key 'cache.patch_size': three sizes of at least 4, got {cfg.cache.patch_size}")
+    unknown = [m for m in cfg.cache.hard_negative_dark_modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(f"config key 'cache.hard_negative_dark_modalities': unknown modality {unknown}; "
+                          f"expected some of {list(MODALITIES)}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"config key 'device': auto, cpu or cuda[:N], got {cfg.device!r}")
     return cfg
