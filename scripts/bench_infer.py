@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _bench_infer import compare_with_monai, predict_timing, untrained_weights
 from rsna_aneurysm.constants import MODALITIES
-from rsna_aneurysm.infer.benchmark import compare_with_monai, predict_timing, untrained_weights
 from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig
 
 

@@ -24,19 +24,19 @@ from pathlib import Path
 
 import torch
 
+from _bench_infer import predict_timing, untrained_weights
 from rsna_aneurysm.config import to_dict
 from rsna_aneurysm.constants import MODALITIES
-from rsna_aneurysm.infer.benchmark import predict_timing, untrained_weights
 
 
 def stand_in_run(run_dir: Path) -> Path:
     """Untrained demo-sized fine model + untrained finder that always answers (no fallback)."""
+    from rsna_aneurysm.cli_common import resolve_config
     from rsna_aneurysm.region.finder import RegionConfig, RegionFinder
     from rsna_aneurysm.region.train_finder import FINDER_FILE, REGION_DIR, REGION_FILE
+    from rsna_aneurysm.train.config import load_train_config
 
-    from rsna_aneurysm.train.config import load_train_config, shipped_config
-
-    demo = load_train_config(shipped_config("unet3d_region_demo"))
+    demo = load_train_config(resolve_config("unet3d_region_demo"))
     untrained_weights(run_dir, demo.model.name, dict(demo.model.kwargs), patch=int(demo.cache.patch_size[0]),
                       spacing_mm=float(demo.cache.spacing_mm))
     cfg = RegionConfig(max_spread_mm=1e9)

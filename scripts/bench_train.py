@@ -35,10 +35,11 @@ def run_variant(args: argparse.Namespace) -> None:
     """Child process: training throughput of one data path; prints one JSON line."""
     import torch
 
-    from rsna_aneurysm.train.bench import train_throughput
-    from rsna_aneurysm.train.config import load_train_config, shipped_config
+    from _bench_train import train_throughput
+    from rsna_aneurysm.cli_common import resolve_config
+    from rsna_aneurysm.train.config import load_train_config
 
-    cfg = load_train_config(shipped_config(args.config) if "/" not in args.config else args.config)
+    cfg = load_train_config(resolve_config(args.config))
     if args.threads:
         torch.set_num_threads(args.threads)
     cached, baseline = _datasets(args.pre, args.cache, cfg, 0)
@@ -64,15 +65,18 @@ def main() -> int:
         run_variant(args)
         return 0
 
+    from _bench_train import data_epoch_seconds
+    from rsna_aneurysm.cli_common import resolve_config
     from rsna_aneurysm.data.cache import build_cache
-    from rsna_aneurysm.data.toy import write_toy_preprocessed
-    from rsna_aneurysm.train.bench import data_epoch_seconds
-    from rsna_aneurysm.train.config import load_train_config, shipped_config
+    from rsna_aneurysm.train.config import load_train_config
 
-    cfg = load_train_config(shipped_config(args.config) if "/" not in args.config else args.config)
+    cfg = load_train_config(resolve_config(args.config))
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     pre = args.pre
     if not pre:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
+        from toy import write_toy_preprocessed  # the tests' toy folder writer
+
         s = args.toy_size
         pre = str(write_toy_preprocessed(tmp / "pre", args.toy_series, shape=(s, s, s), seed=0))
     n_series = pl.read_parquet(Path(pre) / "manifest.parquet").filter(pl.col("status") == "ok").height

@@ -3,7 +3,7 @@
 # a rerun reuses every intact entry.
 set -euo pipefail
 FOLDS=()
-[ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds "$OUT/data/folds.parquet")
+[ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds-table "$OUT/data/folds.parquet")
 "$PY" -m rsna_aneurysm.cli cache --data "$OUT/pre" --out "$OUT/cache" --config unet3d_region_demo --workers 2 "${FOLDS[@]}"
 "$PY" - <<'PY'
 import os, polars as pl

@@ -5,7 +5,7 @@ set -euo pipefail
 FOLDS=()
 [ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds-table "$OUT/data/folds.parquet")
 "$PY" -m rsna_aneurysm.cli train --config unet3d_region_demo --data "$OUT/pre" --cache "$OUT/cache" \
-  --out "$OUT/weights" --fold "${DEMO_FOLDS:-0}" "${FOLDS[@]}"
+  --out "$OUT/weights" --folds "${DEMO_FOLDS:-0}" "${FOLDS[@]}"
 "$PY" - <<'PY'
 import glob, os, polars as pl
 run = f"{os.environ['OUT']}/weights/unet3d_region_demo"

@@ -6,6 +6,6 @@ set -euo pipefail
 HOLDOUT="${DEMO_FOLDS:-0}"
 [[ "$HOLDOUT" =~ ^[0-9]+$ ]] || HOLDOUT=-1  # several folds trained: the finder trains on every series
 FOLDS=()
-[ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds "$OUT/data/folds.parquet")
-"$PY" -m rsna_aneurysm.cli region train --pre "$OUT/pre" --run "$OUT/weights/unet3d_region_demo" \
+[ -f "$OUT/data/folds.parquet" ] && FOLDS=(--folds-table "$OUT/data/folds.parquet")
+"$PY" -m rsna_aneurysm.cli region train --pre "$OUT/pre" --weights "$OUT/weights/unet3d_region_demo" \
   --holdout-fold "$HOLDOUT" "${FOLDS[@]}" --finder.epochs 20 | grep -v '"per_series"'

@@ -2,6 +2,12 @@
 
 Unknown keys and values of the wrong type fail at once with a message naming the key. Nested dataclasses are
 addressed with dots (``--optim.lr 3e-4``). The resolved config is written beside a run's outputs.
+
+Validation convention: every config dataclass checks its own values in ``__post_init__`` and raises
+``ConfigError(reason, key="field")`` (``require`` is the one-line form). So a config is checked however it is
+made (``from_dict``, ``load_config``, ``apply_overrides``, ``dataclasses.replace`` or a direct call), by every
+command that builds it; ``from_dict`` puts the nesting path in front of the key (``cache.patch_size``). A class
+checks only its own fields (a parent's ``__post_init__`` runs before ``from_dict`` sets its nested configs).
 """
 
 from __future__ import annotations
@@ -17,7 +23,28 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config file or override names an unknown key or holds a value of the wrong type."""
+    """A config file or override names an unknown key or holds a wrong value; ``key`` (when known) is the
+    offending key, relative to the config that raised it until ``within`` adds the nesting path."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.reason = message
+        self.key = key
+        super().__init__(f"config key '{key}': {message}" if key else message)
+
+    def __reduce__(self) -> tuple:  # keep the key through pickling (worker processes)
+        return (type(self), (self.reason, self.key))
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error for a config nested under ``prefix`` (e.g. ``"cache."``)."""
+        if not prefix or self.key is None:
+            return self
+        return type(self)(self.reason, prefix + self.key)
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError(message, key)`` unless ``ok``: one check of a config's ``__post_init__``."""
+    if not ok:
+        raise ConfigError(message, key)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -110,7 +137,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "
                           f"known: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    base = cls(**{k: v for k, v in kwargs.items() if not dataclasses.is_dataclass(hints[k])})
+    try:  # the class's own checks (__post_init__); nested configs were checked when _coerce built them
+        base = cls(**{k: v for k, v in kwargs.items() if not dataclasses.is_dataclass(hints[k])})
+    except ConfigError as e:
+        raise e.within(prefix) from None
     for k, v in kwargs.items():
         if dataclasses.is_dataclass(hints[k]):
             setattr(base, k, v)
@@ -121,20 +151,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
-    """Return a copy of ``cfg`` with dotted-key overrides (strings are parsed to the field's type)."""
+def apply_overrides(cfg: T, overrides: dict[str, Any], prefix: str = "") -> T:
+    """Return a copy of ``cfg`` with dotted-key overrides (strings are parsed to the field's type); ``prefix``
+    is put in front of the keys that errors name (``cfg`` is nested under it, e.g. ``"cache."``)."""
     data = to_dict(cfg)
     for dotted, value in overrides.items():
         node = data
         parts = dotted.split(".")
         for p in parts[:-1]:
             if p not in node or not isinstance(node[p], dict):
-                raise ConfigError(f"unknown config key '{dotted}' for {type(cfg).__name__}")
+                raise ConfigError(f"unknown config key '{prefix}{dotted}' for {type(cfg).__name__}")
             node = node[p]
         if parts[-1] not in node:
-            raise ConfigError(f"unknown config key '{dotted}' for {type(cfg).__name__}")
+            raise ConfigError(f"unknown config key '{prefix}{dotted}' for {type(cfg).__name__}")
         node[parts[-1]] = value
-    return from_dict(type(cfg), data)
+    return from_dict(type(cfg), data, prefix=prefix)
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:

@@ -170,6 +170,12 @@ def read_localizers(pre: str | Path | PreDir, mapped_only: bool = True) -> pl.Da
     return locs
 
 
+def read_region_targets(pre: str | Path | PreDir) -> pl.DataFrame:
+    """``region_targets.parquet`` of a preprocessed folder (per series: region centre, extent, source)."""
+    pre = pre if isinstance(pre, PreDir) else PreDir(pre)
+    return pl.read_parquet(_need(pre.region_targets, f"rsna-aneurysm region targets --pre {pre.root}"))
+
+
 def read_labels(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """A ``train.csv`` / ``solution.csv`` / ``test.csv``-like table with the series UID kept as text."""
     path = _need(Path(path), "rsna-aneurysm synth or the competition download")
@@ -192,9 +198,19 @@ class CacheDir:
     def config(self) -> Path:
         return self.root / "cache_config.json"
 
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
     def entry(self, key: str, part: str = "") -> Path:
         """``<key>.npy`` (patches), ``<key>.labels.npy``, ``<key>.mask.npy`` or ``<key>.json``."""
         return self.root / (f"{key}.json" if part == "json" else f"{key}{'.' + part if part else ''}.npy")
+
+
+# Inside fold_<k>/ of a training run.
+BEST_CKPT = "best.pt"
+LAST_CKPT = "last.pt"
+METRICS_CSV = "metrics.csv"
 
 
 # -- a training run / weights folder (written by `rsna-aneurysm train`, `region train`, `oof`, `score`) ----------
@@ -216,14 +232,18 @@ class RunDir:
         return self.root / f"fold_{fold}"
 
     def checkpoint(self, fold: int, which: str = "best") -> Path:
-        return self.fold_dir(fold) / f"{which}.pt"
+        return self.fold_dir(fold) / f"{which}.pt"  # BEST_CKPT / LAST_CKPT
 
     @staticmethod
     def flat_checkpoint_name(fold: int) -> str:
         return f"fold_{fold}.pt"
 
     def history(self, fold: int) -> Path:
-        return self.fold_dir(fold) / "metrics.csv"
+        return self.fold_dir(fold) / METRICS_CSV
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
 
     @property
     def predictor(self) -> Path:

@@ -9,13 +9,13 @@ import pickle
 import numpy as np
 import polars as pl
 import pytest
+from toy import write_toy_preprocessed
 
 from rsna_aneurysm.constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
 from rsna_aneurysm.data.cache import CacheConfig, build_cache, read_index
 from rsna_aneurysm.data.cache_entry import check_entry, entry_paths
 from rsna_aneurysm.data.datasets import PatchDataset, VolumePatchDataset
 from rsna_aneurysm.data.patches import box_distance_mm, crop_patch, sphere_mask, to_patch_coords
-from rsna_aneurysm.data.toy import write_toy_preprocessed
 
 CFG = CacheConfig(patch_size=(16, 16, 16), jitter_mm=4.0, positives_per_aneurysm=3, negative_ratio=1.5,
                   safety_radius_mm=5.0, sphere_radius_mm=2.5, hard_negative_fraction=0.5)
@@ -135,15 +135,9 @@ def test_patch_helpers():
 
 
 def _cache_cli(argv: list[str]) -> int:
-    import argparse
+    from rsna_aneurysm.cli import main
 
-    from rsna_aneurysm.data.cache_cli import register
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args, extra = parser.parse_known_args(argv)
-    args.overrides = extra
-    return args.func(args)
+    return main(argv)
 
 
 def test_cache_command_reads_a_training_config_and_overrides(pre, tmp_path, capsys):

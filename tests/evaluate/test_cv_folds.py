@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from rsna_aneurysm.constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, TRAIN_COLS
-from rsna_aneurysm.evaluate.folds import (
+from rsna_aneurysm.data.folds import (
     empty_cells,
     fold_positive_counts,
     iterative_group_stratification,

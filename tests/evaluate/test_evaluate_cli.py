@@ -1,4 +1,4 @@
-"""The ``folds``, ``score`` and ``gateway`` commands on tiny layouts."""
+"""The ``folds``, ``score`` and ``gateway`` commands on tiny layouts (``gateway`` is registered by infer/cli.py)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def test_score_command_lists_mismatched_ids(tmp_path: Path, capsys: pytest.Captu
     pred.write_csv(tmp_path / "oof.csv")
     assert main(["score", "--pred", str(tmp_path / "oof.csv"), "--labels", str(data / "train.csv")]) == 1
     err = capsys.readouterr().err
+    assert err.startswith("rsna-aneurysm score: error: ") and err.count("\n") == 1
     assert "3 labelled series have no row" in err and "1.2.57, 1.2.58, 1.2.59" in err
     assert "1 series in the predictions are not in the labels: 9.9.9" in err
 
@@ -152,3 +153,4 @@ def test_gateway_command_runs_and_scores_the_synthetic_test_layout(tmp_path: Pat
                  str(tmp_path / "bad.parquet"), "--share-root", str(tmp_path / "share")]) == 1
     err = capsys.readouterr().err
     assert "[columns]" in err and "--keep-going" in err and not (tmp_path / "bad.parquet").exists()
+    assert err.count("\n") == 1 and err.startswith("rsna-aneurysm gateway: error: gateway stopped: ")

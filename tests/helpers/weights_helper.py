@@ -16,8 +16,12 @@ from rsna_aneurysm.train.checkpoint import model_payload, save_checkpoint
 
 
 def make_weights(run_dir: Path, folds: tuple[int, ...] = (0,), patch: int = 32, spacing_mm: float = 4.0,
-                 channels: tuple[int, int, int] = (4, 8, 8), seed: int = 0, prevalence: bool = True) -> Path:
-    """``run_dir/config.json``, ``fold_<k>/best.pt`` (random-init ``unet3d_tiny``) and ``prevalence.json``."""
+                 channels: tuple[int, int, int] = (4, 8, 8), seed: int = 0, prevalence: bool = True,
+                 preprocessing: dict | None = None) -> Path:
+    """``run_dir/config.json``, ``fold_<k>/best.pt`` (random-init ``unet3d_tiny``) and ``prevalence.json``.
+
+    ``preprocessing``: the preprocessing settings the checkpoints record (a preprocessed folder's ``config.json``,
+    as training records it), which the kernel's predictor applies to raw series."""
     run_dir = Path(run_dir)
     cfg = {"run_name": run_dir.name,
            "model": {"name": "unet3d_tiny", "kwargs": {"channels": list(channels)}},
@@ -25,7 +29,8 @@ def make_weights(run_dir: Path, folds: tuple[int, ...] = (0,), patch: int = 32, 
     for fold in folds:
         torch.manual_seed(seed + fold)
         model = create_model("unet3d_tiny", channels=list(channels))
-        payload = model_payload(model, cfg, fold, 0, {"score": 0.5}, {"spacing": [1.0, 1.0, 1.0], "mask": "head"})
+        pre = preprocessing if preprocessing is not None else {"spacing": [1.0, 1.0, 1.0], "mask": "head"}
+        payload = model_payload(model, cfg, fold, 0, {"score": 0.5}, pre)
         save_checkpoint(payload, run_dir / f"fold_{fold}" / "best.pt")
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     if prevalence:

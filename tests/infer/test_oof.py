@@ -11,7 +11,7 @@ import weights_helper as _helper
 
 from rsna_aneurysm.cli import main
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
-from rsna_aneurysm.data.splits import make_folds
+from rsna_aneurysm.data.folds import resolve_folds
 from rsna_aneurysm.data.synth import generate_dataset
 from rsna_aneurysm.preprocess.dataset import preprocess_dataset
 from rsna_aneurysm.preprocess.pipeline import PreprocessConfig
@@ -41,7 +41,7 @@ def test_oof_table_matches_the_training_folds_and_scores(tmp_path: Path, preproc
     # Without a patch cache the folds are the deterministic split of the preprocessed series.
     labels = pl.read_csv(preprocessed / "train.csv", schema_overrides={ID_COL: pl.Utf8})
     labels = labels.filter(pl.col(ID_COL).is_in(manifest[ID_COL].to_list())).sort(ID_COL)
-    expected = make_folds(labels[ID_COL].to_list(), labels["Aneurysm Present"].to_list(), 2, 7)
+    expected = resolve_folds(labels.select(ID_COL, *LABEL_COLS), None, 2, 7)
     got = oof.select(ID_COL, "fold").sort(ID_COL)
     assert got.equals(expected.sort(ID_COL))
     values = oof.select(LABEL_COLS).to_numpy()

@@ -114,7 +114,7 @@ def test_broken_series_get_the_fallback_row_and_a_log_line(tmp_path: Path, caplo
 def test_models_load_in_the_first_predict_and_a_bad_checkpoint_falls_back(tmp_path: Path) -> None:
     run = make_weights(tmp_path / "run", folds=(0, 1))
     predictor = _predictor(run, tmp_path / "share")
-    assert predictor.models is None  # building the predictor loads nothing heavy
+    assert predictor.pipeline.models is None  # building the predictor loads nothing heavy
     (run / "fold_1" / "best.pt").write_bytes(b"not a checkpoint")
     good = tmp_path / "s"
     make_series(good, SeriesSpec(preset="tiny", test_tags_only=True), series_uid="1.2.3", keep_volume=False)
@@ -122,7 +122,7 @@ def test_models_load_in_the_first_predict_and_a_bad_checkpoint_falls_back(tmp_pa
         row = predictor.predict(str(good))
         assert check_prediction(row, "s")[1] == []
     assert predictor.n_fallback == 2 and "could not be loaded" in predictor.fallback_reasons[0][1]
-    assert predictor.models is None and predictor.load_error
+    assert predictor.pipeline.models is None and predictor.load_error
 
 
 def test_weights_folder_layouts_settings_and_errors(tmp_path: Path) -> None:
@@ -175,14 +175,14 @@ def test_budget_steps_down_then_falls_back_under_a_slow_clock(tmp_path: Path) ->
     cfg = PredictorConfig(share_root=str(tmp_path / "share"), tta_flip=True, budget=budget)
     predictor = Predictor.from_weights(run, cfg, clock=clock)
     predictor.load()
-    real = predictor.inferer
+    real = predictor.pipeline.inferer
 
-    def slow_inferer(model, array, mask=None):
-        res = real(model, array, mask=mask)
+    def slow_inferer(model, array, mask=None, on_batch=None):
+        res = real(model, array, mask=mask, on_batch=on_batch)
         clock.t += 50.0 * len(res.window_starts)
         return res
 
-    predictor.inferer = slow_inferer
+    predictor.pipeline.inferer = slow_inferer
     uids = pl.read_csv(test / "test.csv")[ID_COL].to_list()
     assert check_prediction(predictor.predict(str(test / "series" / uids[0])), uids[0])[1] == []
     # Now leave time for about 2.5 of the cheapest series for the 5 still expected.

@@ -162,7 +162,7 @@ def test_save_heatmap_keeps_the_geometry(tmp_path) -> None:
 
 
 def test_bfloat16_on_cpu_stays_close_to_float32() -> None:
-    from rsna_aneurysm.infer.sliding_window import resolve_precision
+    from rsna_aneurysm.runtime import resolve_precision
 
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("int8", torch.device("cpu"))

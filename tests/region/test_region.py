@@ -17,7 +17,7 @@ from rsna_aneurysm.preprocess.dataset import preprocess_dataset
 from rsna_aneurysm.preprocess.pipeline import PreprocessConfig
 from rsna_aneurysm.region.finder import FinderConfig, RegionBox, RegionConfig, RegionLocator
 from rsna_aneurysm.region.geometry import Grid, sample
-from rsna_aneurysm.region.infer import LocationAtlas, crop_region, find_peaks, load_region
+from rsna_aneurysm.region.stage_one import LocationAtlas, RegionStage, crop_region, find_peaks, load_region
 from rsna_aneurysm.region.targets import build_targets
 from rsna_aneurysm.region.train_finder import train_region_finder
 from rsna_aneurysm.volume import Volume
@@ -183,7 +183,7 @@ def test_region_cli_errors_name_the_problem(tmp_path: Path, capsys: pytest.Captu
     assert main(["region", "targets", "--pre", str(tmp_path)]) == 1
     assert "manifest.parquet" in capsys.readouterr().err
     (tmp_path / "manifest.parquet").write_bytes(b"")
-    assert main(["region", "train", "--pre", str(tmp_path), "--run", str(tmp_path / "run")]) == 1
+    assert main(["region", "train", "--pre", str(tmp_path), "--weights", str(tmp_path / "run")]) == 1
     assert "region targets" in capsys.readouterr().err
 
 
@@ -197,11 +197,7 @@ def test_finder_checkpoint_loads_with_weights_only(prepared: tuple[Path, Path], 
 
 
 def test_a_failing_finder_hands_over_to_the_head_geometry_box() -> None:
-    from rsna_aneurysm.infer.aggregate import AggregateConfig
-    from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig, SlidingWindowInferer
-    from rsna_aneurysm.models import create_model
     from rsna_aneurysm.region.finder import RegionFinder
-    from rsna_aneurysm.region.infer import RegionBundle, predict_two_stage
 
     class Broken(RegionLocator):
         def run_finder(self, view, grid):
@@ -209,9 +205,8 @@ def test_a_failing_finder_hands_over_to_the_head_geometry_box() -> None:
 
     vol = _volume(shape=(40, 40, 40), spacing=(4.0, 4.0, 4.0), origin=(-80.0, -80.0, -80.0))
     cfg = RegionConfig(box_mm=(64.0, 64.0, 64.0), max_box_mm=(64.0, 64.0, 64.0))
-    bundle = RegionBundle(Broken(cfg, RegionFinder((2, 2, 2))), None, cfg)
-    model = create_model("unet3d_tiny", channels=[2, 4, 4]).eval()
-    inferer = SlidingWindowInferer(SlidingWindowConfig(roi_size=(16, 16, 16), device="cpu", precision="fp32"))
-    two = predict_two_stage([model], vol, None, bundle, inferer, AggregateConfig())
-    assert two.box.source == "fallback" and "finder failed: RuntimeError" in two.box.reason
-    assert two.grid.shape == (16, 16, 16) and np.isfinite(two.scan.probs).all()
+    stage = RegionStage(Broken(cfg, RegionFinder((2, 2, 2))), None, cfg, Path("."))
+    box = stage.locate(vol, None)
+    assert box.source == "fallback" and "finder failed: RuntimeError" in box.reason
+    crop, grid = crop_region(vol, box)
+    assert grid.shape == (16, 16, 16) and crop.shape == (16, 16, 16)

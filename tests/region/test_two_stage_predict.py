@@ -14,11 +14,11 @@ from rsna_aneurysm.cli import main
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
 from rsna_aneurysm.data.cache import CacheConfig, build_cache, read_index
 from rsna_aneurysm.data.synth import generate_dataset
+from rsna_aneurysm.infer.mine import mine_negatives
 from rsna_aneurysm.infer.predictor import Predictor
 from rsna_aneurysm.preprocess.dataset import preprocess_dataset
 from rsna_aneurysm.preprocess.pipeline import PreprocessConfig
 from rsna_aneurysm.region.finder import FinderConfig, RegionConfig
-from rsna_aneurysm.region.mine import mine_negatives
 from rsna_aneurysm.region.targets import build_targets
 from rsna_aneurysm.region.train_finder import train_region_finder
 from rsna_aneurysm.volume import Volume

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from toy import write_toy_preprocessed
 
-from rsna_aneurysm.data.toy import write_toy_preprocessed
-from rsna_aneurysm.train.config import TrainConfig, load_train_config, shipped_config
+from rsna_aneurysm.cli_common import resolve_config
+from rsna_aneurysm.train.config import TrainConfig, load_train_config
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +44,7 @@ def cfg_factory(pre: Path, cache: Path, out: Path) -> Callable[..., TrainConfig]
 
     def make(**extra: str) -> TrainConfig:
         extra = {k.replace("__", "."): None if v is None else str(v) for k, v in extra.items()}
-        return load_train_config(shipped_config("unet3d_cpu_demo"), tiny_overrides(pre, cache, out, **extra))
+        return load_train_config(resolve_config("unet3d_cpu_demo"), tiny_overrides(pre, cache, out, **extra))
 
     return make
 

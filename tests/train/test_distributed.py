@@ -10,9 +10,9 @@ import sys
 
 import polars as pl
 
-from rsna_aneurysm.constants import ANEURYSM_PRESENT, ID_COL
+from rsna_aneurysm.constants import ID_COL
 from rsna_aneurysm.data.cache import read_index
-from rsna_aneurysm.data.splits import resolve_folds
+from rsna_aneurysm.data.folds import resolve_folds, series_labels
 from rsna_aneurysm.train.checkpoint import load_checkpoint
 
 
@@ -38,8 +38,7 @@ def test_torchrun_two_cpu_processes(toy_pre, tmp_path):
     assert len(last["rng"]) == 2  # each rank's random state, for an exact mid-epoch resume
     # Each process takes half of every global batch: steps per epoch = ceil(train patches / (8 * 2)).
     index = read_index(tmp_path / "cache")
-    series = index.group_by(ID_COL).agg(pl.col(ANEURYSM_PRESENT).max())
-    folds = resolve_folds(series, None, 4, 42)
+    folds = resolve_folds(series_labels(index), None, 4, 42)
     n_train = index.join(folds, on=ID_COL, suffix="_run").filter(pl.col("fold_run") != 0).height
     assert last["global_step"] == 2 * math.ceil(n_train / 16)
     assert (tmp_path / "w" / "ddp" / "fold_0" / "best.pt").exists()

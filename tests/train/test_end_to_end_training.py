@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rsna_aneurysm.cli_common import resolve_config
 from rsna_aneurysm.train.checkpoint import load_model
-from rsna_aneurysm.train.config import load_train_config, shipped_config
+from rsna_aneurysm.train.config import load_train_config
 from rsna_aneurysm.train.loop import train_folds
 
 
@@ -21,7 +22,7 @@ def test_synthetic_competition_folder_to_fold_checkpoint(tmp_path):
     manifest = preprocess_dataset(tmp_path / "data", tmp_path / "pre", PreprocessConfig(spacing=(2.0, 2.0, 2.0)),
                                   workers=1, progress=False)
     assert (manifest["status"] == "ok").sum() >= 6
-    cfg = load_train_config(shipped_config("unet3d_cpu_demo"), {
+    cfg = load_train_config(resolve_config("unet3d_cpu_demo"), {
         "data.preprocessed": str(tmp_path / "pre"), "out_dir": str(tmp_path / "weights"), "epochs": "2",
         "data.n_folds": "2", "data.workers": "0", "data.cache_workers": "1", "threads": "1", "progress": "false",
         "cache.patch_size": "[16,16,16]", "cache.spacing_mm": "2.0", "cache.jitter_mm": "4",

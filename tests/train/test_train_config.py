@@ -7,8 +7,9 @@ import json
 import pytest
 
 from rsna_aneurysm.cli import main
+from rsna_aneurysm.cli_common import resolve_config
 from rsna_aneurysm.config import ConfigError
-from rsna_aneurysm.train.config import TrainConfig, load_train_config, shipped_config
+from rsna_aneurysm.train.config import TrainConfig, load_train_config
 
 SHIPPED = ["unet3d_cpu_demo", "unet3d_seed_focal", "cnn3d_baseline", "timm25d_resnet18"]
 
@@ -17,7 +18,7 @@ SHIPPED = ["unet3d_cpu_demo", "unet3d_seed_focal", "cnn3d_baseline", "timm25d_re
 def test_shipped_configs_load_and_build_their_model(name):
     from rsna_aneurysm.models import create_model
 
-    cfg = load_train_config(shipped_config(name))
+    cfg = load_train_config(resolve_config(name))
     assert isinstance(cfg, TrainConfig)
     create_model(cfg.model.name, **cfg.model.kwargs)
 
@@ -48,9 +49,10 @@ def test_bad_override_fails_naming_the_key():
         load_train_config(None, {"epochs": "0"})
 
 
-def test_cli_reports_a_bad_config_without_training(tmp_path, caplog):
+def test_cli_reports_a_bad_config_without_training(tmp_path, capsys):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"model": {"name": "nope"}}))
     assert main(["train", "--config", str(path), "--fold", "0"]) == 2
-    assert "model.name" in caplog.text and "nope" in caplog.text
+    err = capsys.readouterr().err
+    assert "model.name" in err and "nope" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "weights").exists()

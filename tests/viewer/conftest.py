@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 import pytest
 import weights_helper
+from toy import write_toy_preprocessed
 
 from rsna_aneurysm.constants import ID_COL, LABEL_COLS
-from rsna_aneurysm.data.toy import write_toy_preprocessed
 from rsna_aneurysm.io.nifti import read_volume, write_volume
 
 SHAPE = (32, 32, 32)

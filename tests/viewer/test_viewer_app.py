@@ -15,9 +15,9 @@ pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
+from toy import write_toy_preprocessed  # noqa: E402
 
 from rsna_aneurysm.constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS  # noqa: E402
-from rsna_aneurysm.data.toy import write_toy_preprocessed  # noqa: E402
 from rsna_aneurysm.viewer.server import APP_PATH  # noqa: E402
 from rsna_aneurysm.viewer.state import ENV_CACHE, ENV_DATA, ENV_PRED, ENV_WEIGHTS  # noqa: E402
 

@@ -10,14 +10,14 @@ import pytest
 pytest.importorskip("streamlit")
 
 from rsna_aneurysm.cli import main  # noqa: E402
-from rsna_aneurysm.viewer.cli import register  # noqa: E402
+from rsna_aneurysm.viewer.cli import add_view_parser  # noqa: E402
 from rsna_aneurysm.viewer.server import free_port, start_viewer, streamlit_command  # noqa: E402
 from rsna_aneurysm.viewer.state import ViewerSettings  # noqa: E402
 
 
 def test_view_is_registered_with_its_options():
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
+    add_view_parser(parser.add_subparsers())
     args = parser.parse_args(["view", "--data", "D", "--pred", "P", "--weights", "W", "--port", "9000"])
     assert (args.data, args.pred, args.weights, args.port, args.host) == ("D", "P", "W", 9000, "127.0.0.1")
     cmd = streamlit_command("127.0.0.1", 9000)
@@ -25,9 +25,11 @@ def test_view_is_registered_with_its_options():
 
 
 def test_view_rejects_missing_folders(tmp_path, capsys):
-    assert main(["view", "--data", str(tmp_path / "nope")]) == 2
-    assert "no such folder" in capsys.readouterr().err
-    assert main(["view", "--data", str(tmp_path), "--pred", str(tmp_path / "nope")]) == 2
+    assert main(["view", "--data", str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err.strip() == f"rsna-aneurysm view: error: --data {tmp_path / 'nope'}: no such folder"
+    assert main(["view", "--data", str(tmp_path), "--pred", str(tmp_path / "nope")]) == 1
+    assert main(["view", "--data", str(tmp_path), "--weights", str(tmp_path / "nope")]) == 1
+    assert "--weights" in capsys.readouterr().err
 
 
 def test_view_check_starts_the_server_and_prints_its_address(tmp_path, capsys, viewer_data):

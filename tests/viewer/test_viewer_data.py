@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
+from toy import write_toy_preprocessed
 
 from rsna_aneurysm.constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
 from rsna_aneurysm.data.synth import generate_dataset
-from rsna_aneurysm.data.toy import write_toy_preprocessed
 from rsna_aneurysm.io.nifti import read_volume, write_volume
 from rsna_aneurysm.viewer.data import CompetitionSource, PreprocessedSource, ViewerDataError, open_data
 from rsna_aneurysm.viewer.live import load_predictor, run_prediction
@@ -196,7 +196,7 @@ def test_live_prediction_runs_the_two_stage_pipeline_like_the_kernel(viewer_data
     series = open_data(viewer_data.pre).load(viewer_data.uids[0])
     predictor = load_predictor(run)
     res = run_prediction(predictor, series, tmp_path / "live")
-    assert predictor.region is not None and all(0.0 <= v <= 1.0 for v in res.probs.values())
+    assert predictor.pipeline.locator is not None and all(0.0 <= v <= 1.0 for v in res.probs.values())
     heat = open_predictions(tmp_path / "live").load_heatmap(series.uid, series.volume)
     # The two-stage heatmap lives on the region crop grid; the viewer puts it back on the series grid.
     assert heat.shape == series.volume.array.shape and heat.max() > 0

@@ -28,59 +28,17 @@ from tqdm import tqdm
 
 from ..config import save_config, to_dict
 from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, N_LABELS
+from ..io.atomic import atomic_write_parquet, atomic_write_text
+from ..layout import CacheDir, read_region_targets
+from .cache_config import CacheConfig
 from .cache_entry import CACHE_VERSION, build_entry, check_entry
-from .splits import resolve_folds
+from .folds import resolve_folds, series_labels
 
 log = logging.getLogger(__name__)
 
 
-
 class CacheError(RuntimeError):
     """The preprocessed folder cannot feed the cache, or the cache folder is unusable."""
-
-
-@dataclass
-class CacheConfig:
-    """How patches are cut. Every field is part of each entry's key: change one and entries are rebuilt."""
-
-    # Patch size in voxels along (k, j, i) = (D, H, W).
-    patch_size: tuple[int, int, int] = (64, 64, 64)
-    # Voxel spacing of the patches in mm (resampled from the volume's spacing when they differ).
-    spacing_mm: float = 1.0
-    # Positive patch centres are jittered uniformly by up to this many mm per axis (kept so the aneurysm stays
-    # inside the patch); hard negatives get the same jitter so a centred vessel is no give-away.
-    jitter_mm: float = 12.0
-    # Positive patches per aneurysm.
-    positives_per_aneurysm: int = 4
-    # Negative patches per positive patch over the whole dataset (spread evenly over all series).
-    negative_ratio: float = 2.0
-    # Every usable series contributes at least this many negatives.
-    min_negatives_per_series: int = 2
-    # Share of the negatives centred next to bright vessels (hard negatives); the rest anywhere in the head.
-    hard_negative_fraction: float = 0.5
-    # "Bright" = intensity at or above this percentile of the voxels deeper than hard_negative_depth_mm in the
-    # head; the depth keeps hard negatives on vessels rather than on the skull.
-    hard_negative_percentile: float = 99.0
-    hard_negative_depth_mm: float = 12.0
-    # Modalities whose arteries are darker than the tissue around them (T2: flow voids in bright CSF): their hard
-    # negatives sit on the darkest deep voxels instead (at or below the 100 - hard_negative_percentile percentile),
-    # since the brightest ones there are CSF.
-    hard_negative_dark_modalities: tuple[str, ...] = ("MRI T2",)
-    # No aneurysm may lie inside a negative patch or within this distance (mm) of its border.
-    safety_radius_mm: float = 4.0
-    # Radius (mm) of the target sphere drawn around each aneurysm in the patch masks.
-    sphere_radius_mm: float = 4.0
-    # Seed of the sampling (combined with each series uid, so results do not depend on worker order).
-    seed: int = 0
-    # Two-stage pipeline: draw negatives only inside this box (mm along x, y, z) around each series' region centre
-    # (``region_targets.parquet`` of the preprocessed folder, from `rsna-aneurysm region targets`), where the
-    # fine model will look. Null: anywhere in the head.
-    region_box_mm: tuple[float, float, float] | None = None
-    # Hard-negative mining: a table of false-positive positions (``rsna-aneurysm mine``: SeriesInstanceUID,
-    # world_x, world_y, world_z); each gives mined_per_point negatives (jittered as the positives), kept only
-    # when they clear every aneurysm by safety_radius_mm.
-    mined_negatives: str | None = None
-    mined_per_point: int = 2
 
 
 @dataclass
@@ -196,9 +154,7 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
 
 def _attach_region_centres(pre: Path, tasks: list[SeriesTask], manifest: pl.DataFrame) -> None:
     """Region centre of each task, as a voxel of its preprocessed volume (world -> index through the volume's grid)."""
-    from ..region.targets import read_targets
-
-    targets = {r[ID_COL]: r for r in read_targets(pre).iter_rows(named=True)}
+    targets = {r[ID_COL]: r for r in read_region_targets(pre).iter_rows(named=True)}
     geo = {str(r[ID_COL]): r for r in manifest.iter_rows(named=True)}
     missing = []
     for t in tasks:
@@ -324,20 +280,18 @@ def build_cache(pre_dir: str | Path, out_dir: str | Path, cfg: CacheConfig | Non
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     result.index = _write_index(out, metas, series, folds, n_folds, fold_seed)
-    save_config(cfg, out / "cache_config.json")
+    save_config(cfg, CacheDir(out).config)
     result.seconds = time.perf_counter() - t0
     report = {k: v for k, v in asdict(result).items() if k != "index"} | {"pre_dir": str(Path(pre_dir).resolve()),
                                                                          "n_patches": len(result.index)}
-    _write_json(out / "report.json", report)
+    _write_json(CacheDir(out).report, report)
     log.info("cache: %d built, %d reused, %d failed, %d skipped, %d patches in %.1f s", result.built, result.reused,
              len(result.failed), len(skipped), len(result.index), result.seconds)
     return result
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _write_index(out: Path, metas: dict[str, dict], series: pl.DataFrame, folds: str | Path | None, n_folds: int,
@@ -349,18 +303,16 @@ def _write_index(out: Path, metas: dict[str, dict], series: pl.DataFrame, folds:
     schema = {ID_COL: pl.Utf8, "entry": pl.Utf8, "row": pl.Int64, "kind": pl.Utf8, "center_k": pl.Int64,
               "center_j": pl.Int64, "center_i": pl.Int64, **{c: pl.UInt8 for c in LABEL_COLS}}
     index = pl.DataFrame(cols or None, schema=schema)
-    fold_table = resolve_folds(series, folds, n_folds, fold_seed)
+    fold_table = resolve_folds(series_labels(index), folds, n_folds, fold_seed)
     index = index.join(fold_table, on=ID_COL, how="left").with_columns(pl.col("fold").fill_null(-1))
     index = index.select(ID_COL, "fold", *[c for c in index.columns if c not in (ID_COL, "fold")])
-    tmp = out / f".index.parquet.{os.getpid()}.tmp"
-    index.write_parquet(tmp)
-    os.replace(tmp, out / "index.parquet")
+    atomic_write_parquet(index, CacheDir(out).index)
     return index
 
 
 def read_index(cache_dir: str | Path) -> pl.DataFrame:
     """The cache's patch index; raises CacheError naming the folder when it was never built."""
-    path = Path(cache_dir) / "index.parquet"
+    path = CacheDir(cache_dir).index
     if not path.exists():
         raise CacheError(f"{cache_dir}: no index.parquet (run `rsna-aneurysm cache` first)")
     return pl.read_parquet(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import ID_COL, N_LABELS
+from ..io.atomic import atomic_path, atomic_write_text
 from .patches import (
     box_distance_mm,
     crop_patch,
@@ -146,10 +146,12 @@ def build_entry(task: SeriesTask, cfg: CacheConfig, entries_dir: str | Path) -> 
     n = len(centers)
     n_bits = int(np.prod(size))
     pts = np.asarray(task.points, dtype=np.float64).reshape(-1, 3)
-    tmp = {name: p.with_name(f".{p.name}.{os.getpid()}.tmp") for name, p in paths.items()}
-    try:
-        patches = np.lib.format.open_memmap(tmp["patches"], mode="w+", dtype=np.float16, shape=(n, *size))
-        masks = np.lib.format.open_memmap(tmp["mask"], mode="w+", dtype=np.uint8, shape=(n, (n_bits + 7) // 8))
+    # The arrays first (each renamed into place once written), the JSON record last: it marks the entry complete,
+    # so an interrupted build leaves no record and the entry is rebuilt.
+    with atomic_path(paths["patches"]) as tmp_patches, atomic_path(paths["labels"]) as tmp_labels, \
+            atomic_path(paths["mask"]) as tmp_mask:
+        patches = np.lib.format.open_memmap(tmp_patches, mode="w+", dtype=np.float16, shape=(n, *size))
+        masks = np.lib.format.open_memmap(tmp_mask, mode="w+", dtype=np.uint8, shape=(n, (n_bits + 7) // 8))
         labels = np.zeros((n, N_LABELS), dtype=np.uint8)
         for r, c in enumerate(centers):
             patches[r] = crop_patch(arr, c, size, scale)
@@ -159,23 +161,16 @@ def build_entry(task: SeriesTask, cfg: CacheConfig, entries_dir: str | Path) -> 
         patches.flush()
         masks.flush()
         del patches, masks
-        with open(tmp["labels"], "wb") as f:  # a handle: np.save would append ".npy" to the temporary name
-            np.save(f, labels)
-        files = {}
-        for name in ("patches", "labels", "mask"):
-            os.replace(tmp[name], paths[name])
-            files[name] = {"size": paths[name].stat().st_size, "crc32": _crc32(paths[name])}
-        meta = {"version": CACHE_VERSION, "key": task.key, ID_COL: task.uid, "n": n, "patch_size": list(size),
-                "centers": centers.tolist(), "kinds": kinds, "labels": labels.tolist(), "files": files,
-                "volume_spacing_kji": spacing_kji.tolist(),
-                "min_negative_box_distance_mm": float(box_distance_mm(
-                    centers[[k != "pos" for k in kinds]], pts, np.asarray(size) / 2 * cfg.spacing_mm,
-                    spacing_kji).min()) if any(k != "pos" for k in kinds) and len(pts) else None}
-        tmp["meta"].write_text(json.dumps(meta))
-        os.replace(tmp["meta"], paths["meta"])
-    finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
+        np.save(tmp_labels, labels)  # the temporary name ends in ".npy": np.save appends nothing
+    files = {name: {"size": paths[name].stat().st_size, "crc32": _crc32(paths[name])}
+             for name in ("patches", "labels", "mask")}
+    meta = {"version": CACHE_VERSION, "key": task.key, ID_COL: task.uid, "n": n, "patch_size": list(size),
+            "centers": centers.tolist(), "kinds": kinds, "labels": labels.tolist(), "files": files,
+            "volume_spacing_kji": spacing_kji.tolist(),
+            "min_negative_box_distance_mm": float(box_distance_mm(
+                centers[[k != "pos" for k in kinds]], pts, np.asarray(size) / 2 * cfg.spacing_mm,
+                spacing_kji).min()) if any(k != "pos" for k in kinds) and len(pts) else None}
+    atomic_write_text(paths["meta"], json.dumps(meta))
     return meta
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from ..cli_common import UsageError, add_command
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "synth", help="write a synthetic competition dataset (CSVs, DICOM series, segmentations, test layout)",
-        description="Write a synthetic dataset in the competition's exact layout (docs/synthetic_data.md).")
+def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "synth", cmd_synth,
+                    help="write a synthetic competition dataset (CSVs, DICOM series, segmentations, test layout)",
+                    description="Write a synthetic dataset in the competition's exact layout (docs/synthetic_data.md).")
     p.add_argument("--out", type=Path, required=True, help="output folder (the competition input folder)")
     p.add_argument("--n-series", type=int, required=True, help="number of train series")
     p.add_argument("--preset", choices=("tiny", "small", "full"), default="small",
@@ -26,18 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(needs --n-test >= 16, the default then)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic dataset already in --out")
-    p.set_defaults(func=run_synth)
+    return p
 
 
-def run_synth(args: argparse.Namespace) -> int:
+def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import generate_dataset
 
     try:
         summary = generate_dataset(args.out, args.n_series, preset=args.preset, seed=args.seed, n_test=args.n_test,
                                    workers=args.workers, overwrite=args.overwrite,
                                    progress=sys.stderr.isatty(), test_cover_labels=args.test_cover_labels)
-    except (FileExistsError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    except (FileExistsError, ValueError) as e:  # an existing dataset without --overwrite, or bad counts
+        raise UsageError(str(e)) from e
     print(json.dumps(summary, indent=1))
     return 0

@@ -7,13 +7,13 @@ change a score, so alignment is strict and the error lists the offending ids.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
+from ..io.atomic import atomic_write_csv, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,7 @@ def read_table(path: str | Path) -> pl.DataFrame:
 def write_table(df: pl.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as parquet or csv (by suffix) atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.suffix.lower() == ".csv":
-            df.write_csv(tmp)
-        else:
-            df.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_csv(df, path) if path.suffix.lower() == ".csv" else atomic_write_parquet(df, path)
 
 
 def check_unique_ids(df: pl.DataFrame, source: str) -> None:

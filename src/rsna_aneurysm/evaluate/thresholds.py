@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import read_json_object
 from ..constants import LABEL_COLS
+from ..io.atomic import atomic_write_text
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -68,10 +69,7 @@ def save_thresholds(thresholds: dict[str, float] | dict[str, dict[str, Any]], pa
     missing = [c for c in LABEL_COLS if c not in flat]
     if missing:
         raise ThresholdFileError(f"{path}: no threshold for {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({c: flat[c] for c in LABEL_COLS}, indent=2) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps({c: flat[c] for c in LABEL_COLS}, indent=2) + "\n")
 
 
 def load_thresholds(path: str | Path) -> dict[str, float]:

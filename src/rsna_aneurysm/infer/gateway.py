@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
+from ..io.atomic import atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -237,15 +238,7 @@ def write_submission(rows: dict[str, list[float]], out_path: str | Path | None) 
                         **{c: pl.Series(data[:, j], dtype=pl.Float64) for j, c in enumerate(LABEL_COLS)}})
     if out_path is None:
         return sub, None
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        sub.write_parquet(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return sub, out_path
+    return sub, atomic_write_parquet(sub, out_path)
 
 
 def run_gateway(predict: Predict, data: str | Path, *, series_root: str | Path | None = None,

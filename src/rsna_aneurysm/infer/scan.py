@@ -1,13 +1,13 @@
 """Scan-level inference on one preprocessed volume: crop to the head, sliding windows per model and TTA pass,
 aggregation to the 14 probabilities, optional blended heatmap.
 
-Shared by the predictor (DICOM folder -> row) and the out-of-fold command (preprocessed NIfTI -> row), so the two
-compute the same thing.
+The building blocks of :class:`~.pipeline.ScanPipeline`, which every caller goes through.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,10 +59,11 @@ def crop_to_mask(vol: Volume, mask: Volume | None, margin_mm: float) -> tuple[Vo
 
 def predict_volume(models: list[nn.Module], array: np.ndarray, mask: np.ndarray | None,
                    inferer: SlidingWindowInferer, agg: AggregateConfig, tta: bool = False,
-                   want_heatmap: bool = False) -> ScanPrediction:
+                   want_heatmap: bool = False, on_batch: Callable[[int], None] | None = None) -> ScanPrediction:
     """Run every model (and its left-right mirrored pass when ``tta``) over the volume; combine to 14 probabilities.
 
     ``array`` is a canonical preprocessed volume ``(k, j, i)``; the mirror flips axis -1 (the patient's left-right).
+    ``on_batch`` is called with the window count of every forward pass (progress reporting).
     """
     if not models:
         raise ValueError("predict_volume needs at least one model")
@@ -77,7 +78,7 @@ def predict_volume(models: list[nn.Module], array: np.ndarray, mask: np.ndarray 
             x = np.ascontiguousarray(flip_lr(array)) if flipped else array
             m = None if mask is None else (np.ascontiguousarray(flip_lr(mask)) if flipped else mask)
             t0 = time.perf_counter()
-            res = inferer(model, x, mask=m)
+            res = inferer(model, x, mask=m, on_batch=on_batch)
             t_windows += time.perf_counter() - t0
             n_windows = max(n_windows, len(res.window_starts))
             if res.window_logits.shape[1] == 0:

@@ -9,7 +9,8 @@ weight map (the Gaussian trusts window centres more than borders, where the mode
 Speed without changing the output: :func:`prepare_model` folds batch norm into the preceding convolutions and
 switches to channels-last memory (about 2x on CPU for the 3D U-Net); the weight map is built once per setting and
 cached; windows are gathered into one preallocated batch; windows outside the head mask can be skipped. With a
-small change of the output (about 1e-3 in probability): bfloat16 on CPUs with native support, float16 on CUDA.
+small change of the output (about 1e-3 in probability): the precision ``rsna_aneurysm.runtime.resolve_precision``
+picks, as in training: on a CPU bfloat16 weights, on CUDA bfloat16 or float16 autocast.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -26,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import require
+from ..runtime import PRECISIONS, autocast, is_device_name, resolve_device, resolve_precision
 from ..volume import Volume
 
 log = logging.getLogger(__name__)
@@ -48,10 +52,16 @@ class SlidingWindowConfig:
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...
     pad_value: float = 0.0  # value of padding when the volume is smaller than a window
     heatmap_activation: Literal["sigmoid", "none"] = "sigmoid"  # applied per window before blending
-    # Arithmetic of the model: auto = float16 autocast on CUDA, bfloat16 weights on CPUs with native bf16 (AMX /
-    # AVX512-BF16: 2-3x faster, probabilities within ~1e-3), else float32. fp32 gives MONAI-equal outputs.
+    # Arithmetic of the model (``rsna_aneurysm.runtime``, the same rule as training): auto = bfloat16 on GPUs and
+    # CPUs that compute it natively (on a CPU as bfloat16 weights: 2-3x faster, probabilities within ~1e-3), else
+    # float16 on CUDA and float32 on a CPU; fp16 is CUDA only (float32 elsewhere). fp32 gives MONAI-equal outputs.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     skip_empty: bool = True  # skip windows holding no voxel of the mask passed to the inferer
+
+    def __post_init__(self) -> None:
+        """The device and precision names (``rsna_aneurysm.runtime``); ConfigError naming the field."""
+        require(is_device_name(self.device), "device", f"auto, cpu or cuda[:N], got {self.device!r}")
+        require(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -70,13 +80,6 @@ class SlidingWindowResult:
     window_starts: np.ndarray
     window_heat_max: np.ndarray | None
     n_windows_total: int
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def axis_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -131,19 +134,6 @@ def weight_map(roi: tuple[int, int, int], blend: str = "gaussian", sigma_scale: 
     return _weight_map_cached(tuple(int(r) for r in roi), blend, float(sigma_scale), str(device))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``fp16`` on CUDA, ``bf16`` on a CPU with native bfloat16, else ``fp32``; others unchanged."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a convolution in an ``nn.Sequential`` into that conv.
 
@@ -167,7 +157,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def prepare_model(model: nn.Module, device: str | torch.device = "cpu", fold_bn: bool = True,
                   channels_last: bool = True, copy_model: bool = True, precision: str = "fp32") -> nn.Module:
     """An inference copy of ``model``: eval mode, on ``device``, batch norm folded, channels-last 3D memory, and
-    bfloat16 weights when ``precision`` resolves to ``bf16`` (see ``SlidingWindowConfig.precision``)."""
+    its precision (``SlidingWindowConfig.precision``) recorded for the inferer. ``bf16`` on a CPU casts the weights
+    (oneDNN's fast path); on CUDA the weights stay float32 and the inferer autocasts (bf16 or fp16)."""
     if copy_model:
         model = copy.deepcopy(model)
     dev = resolve_device(str(device))
@@ -179,7 +170,7 @@ def prepare_model(model: nn.Module, device: str | torch.device = "cpu", fold_bn:
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     resolved = resolve_precision(precision, dev)
-    if resolved == "bf16":
+    if resolved == "bf16" and dev.type == "cpu":
         model = model.to(torch.bfloat16)
     model._rsna_channels_last = channels_last  # read by the inferer to lay out its batches the same way
     model._rsna_precision = resolved
@@ -220,10 +211,10 @@ class SlidingWindowInferer:
         self.device = resolve_device(self.cfg.device)
 
     @torch.inference_mode()
-    def __call__(self, model: nn.Module, image: np.ndarray | torch.Tensor,
-                 mask: np.ndarray | None = None) -> SlidingWindowResult:
+    def __call__(self, model: nn.Module, image: np.ndarray | torch.Tensor, mask: np.ndarray | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> SlidingWindowResult:
         """Run ``model`` over ``image``; with ``mask`` (same D, H, W) and ``skip_empty``, windows outside it are
-        skipped."""
+        skipped. ``on_batch`` is called with the window count after every forward pass (progress bars)."""
         cfg = self.cfg
         roi = tuple(int(r) for r in cfg.roi_size)
         x = _as_input(image).to(self.device)
@@ -241,12 +232,12 @@ class SlidingWindowInferer:
             starts = self._keep_masked(starts, mask, roi, pad_before)
 
         channels_last = bool(getattr(model, "_rsna_channels_last", False))
-        # The model's own precision when prepared with one; otherwise this config's (fp16 autocast needs no prep).
-        precision = getattr(model, "_rsna_precision", None)
-        if precision is None:  # an unprepared model keeps float32 weights: only CUDA autocast applies to it
-            precision = "fp16" if resolve_precision(cfg.precision, self.device) == "fp16" else "fp32"
-        use_fp16 = precision == "fp16" and self.device.type == "cuda"
-        in_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # The model's own precision when prepared with one, else this config's. bfloat16 weights (a CPU-prepared
+        # model) take bfloat16 input and no autocast; float32 weights run under autocast of that precision.
+        precision = getattr(model, "_rsna_precision", None) or resolve_precision(cfg.precision, self.device)
+        weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+        in_dtype = torch.bfloat16 if weights is not None and weights.dtype == torch.bfloat16 else torch.float32
+        amp_precision = "fp32" if in_dtype == torch.bfloat16 else precision
         w = weight_map(roi, cfg.blend, cfg.sigma_scale, self.device)
         heat_sum: torch.Tensor | None = None
         weight_sum = torch.zeros(padded, dtype=torch.float32, device=self.device)
@@ -263,8 +254,10 @@ class SlidingWindowInferer:
                 inp = inp.to(in_dtype)
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_fp16):
+            with autocast(self.device, amp_precision):
                 logits, heat = _split_output(model(inp))
+            if on_batch is not None:
+                on_batch(len(chunk))
             if logits is not None:
                 logits_out.append(logits.float().reshape(len(chunk), -1))
             if heat is None:

@@ -1,5 +1,5 @@
 """Atomic writes: write to a temporary name beside the target, then rename, so a reader or an interrupted run never
-sees a half-written file."""
+sees a half-written file. Every final output of the kit that a reader or a rerun depends on goes through here."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @contextmanager
@@ -27,6 +31,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write a polars table to ``path`` as Parquet, atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+    return Path(path)
+
+
+def atomic_write_csv(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write a polars table to ``path`` as CSV, atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        df.write_csv(tmp)
     return Path(path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def render_template(path: Path, values: dict[str, str]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _fresh_dir(path: Path) -> Path:
@@ -112,15 +113,10 @@ def _fresh_dir(path: Path) -> Path:
 def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, checkpoint: str = "best",
                   predictor_config: Path | None = None) -> dict[str, Any]:
     """Copy the chosen checkpoints (flat ``fold_<k>.pt``) and the settings the predictor reads into ``dest``."""
-    from ..infer.predictor import (
-        PREDICTOR_FILE,
-        PREVALENCE_FILE,
-        THRESHOLDS_FILE,
-        PredictorConfig,
-        find_checkpoints,
-        write_prevalence,
-    )
+    from ..infer.pipeline import PredictorConfig, find_checkpoints, write_prevalence
+    from ..layout import REGION_FLAT_FILES, PreDir, RunDir, region_files
 
+    run, staged = RunDir(run_dir), RunDir(dest)
     found = find_checkpoints(run_dir, checkpoint)
     chosen = folds if folds is not None else list(found)
     missing = [f for f in chosen if f not in found]
@@ -128,36 +124,34 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
         raise PackageError(f"{run_dir}: no {checkpoint} checkpoint for fold(s) {missing or chosen}; "
                            f"found {list(found)}")
     for fold in chosen:
-        shutil.copy2(found[fold], dest / f"fold_{fold}.pt")
+        shutil.copy2(found[fold], dest / RunDir.flat_checkpoint_name(fold))
     run_cfg: dict[str, Any] = {}
-    if (run_dir / "config.json").is_file():
-        shutil.copy2(run_dir / "config.json", dest / "config.json")
-        run_cfg = json.loads((run_dir / "config.json").read_text())
+    if run.config.is_file():
+        shutil.copy2(run.config, staged.config)
+        run_cfg = json.loads(run.config.read_text())
     # Predictor settings: an explicit file, else the run's own, else the defaults (written out, so the kernel's
     # behaviour is visible in the dataset).
     from ..config import load_config, save_config
 
-    src = predictor_config or (run_dir / PREDICTOR_FILE if (run_dir / PREDICTOR_FILE).is_file() else None)
+    src = predictor_config or (run.predictor if run.predictor.is_file() else None)
     pcfg = load_config(PredictorConfig, src)
     pcfg.folds, pcfg.checkpoint, pcfg.heatmap_dir = None, checkpoint, None
-    save_config(pcfg, dest / PREDICTOR_FILE)
-    if (run_dir / PREVALENCE_FILE).is_file():
-        shutil.copy2(run_dir / PREVALENCE_FILE, dest / PREVALENCE_FILE)
+    save_config(pcfg, staged.predictor)
+    if run.prevalence.is_file():
+        shutil.copy2(run.prevalence, staged.prevalence)
     else:
-        train_csv = Path((run_cfg.get("data") or {}).get("preprocessed") or "") / "train.csv"
+        train_csv = PreDir((run_cfg.get("data") or {}).get("preprocessed") or "").train_csv
         if not train_csv.is_file():
-            raise PackageError(f"{run_dir}: no {PREVALENCE_FILE} and no train.csv at {train_csv} to compute the "
+            raise PackageError(f"{run_dir}: no {run.prevalence.name} and no train.csv at {train_csv} to compute the "
                                "fallback row from (run `rsna-aneurysm oof` first)")
-        write_prevalence(train_csv, dest / PREVALENCE_FILE)
-    if (run_dir / THRESHOLDS_FILE).is_file():
-        shutil.copy2(run_dir / THRESHOLDS_FILE, dest / THRESHOLDS_FILE)
-    from ..region.infer import FLAT_NAMES, region_files
-
+        write_prevalence(train_csv, staged.prevalence)
+    if run.thresholds.is_file():
+        shutil.copy2(run.thresholds, staged.thresholds)
     region = region_files(run_dir)  # two-stage run: stage one's files, flat (datasets hold no folders)
     if region is not None:
         for key, path in region.items():
             if path.is_file():
-                shutil.copy2(path, dest / FLAT_NAMES[key])
+                shutil.copy2(path, dest / REGION_FLAT_FILES[key])
     manifest = {"run": run_dir.name, "folds": chosen, "checkpoint": checkpoint, "kit_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": sorted(p.name for p in dest.iterdir())}
     _write_json(dest / WEIGHTS_MANIFEST, manifest)

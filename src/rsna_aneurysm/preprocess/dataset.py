@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import save_config
 from ..constants import ID_COL, LOCALIZER_COLS
-from ..io.atomic import atomic_write_text
+from ..io.atomic import atomic_write_csv, atomic_write_parquet, atomic_write_text
 from ..io.dicom import load_series
 from ..io.nifti import read_volume, write_volume
 from .annotations import map_localizers
@@ -181,16 +181,17 @@ def write_tables(data_dir: Path, out_dir: Path, table: pl.DataFrame, digest: str
         loc_rows.extend(rec.pop("localizers", []))
         recs.append({k: rec.get(k) for k in MANIFEST_SCHEMA})
     manifest = pl.DataFrame(recs, schema=MANIFEST_SCHEMA)
-    manifest.write_parquet(out_dir / "manifest.parquet")
+    atomic_write_parquet(manifest, out_dir / "manifest.parquet")
     if loc_rows:
-        pl.DataFrame(loc_rows).write_parquet(out_dir / "localizers.parquet")
+        atomic_write_parquet(pl.DataFrame(loc_rows), out_dir / "localizers.parquet")
     elif (data_dir / "train_localizers.csv").exists():
-        pl.DataFrame(schema={ID_COL: pl.Utf8, "location": pl.Utf8}).write_parquet(out_dir / "localizers.parquet")
+        empty = pl.DataFrame(schema={ID_COL: pl.Utf8, "location": pl.Utf8})
+        atomic_write_parquet(empty, out_dir / "localizers.parquet")
     for name in ("train.csv", "test.csv"):
         src = data_dir / name
         if src.exists():
             df = pl.read_csv(src, infer_schema_length=10000)
-            df.filter(pl.col(ID_COL).cast(pl.Utf8).is_in(manifest[ID_COL].to_list())).write_csv(out_dir / name)
+            atomic_write_csv(df.filter(pl.col(ID_COL).cast(pl.Utf8).is_in(manifest[ID_COL].to_list())), out_dir / name)
     n_ok = int((manifest["status"] == "ok").sum())
     log.info("preprocess: %d ok, %d failed; manifest %s", n_ok, len(manifest) - n_ok, out_dir / "manifest.parquet")
     return manifest

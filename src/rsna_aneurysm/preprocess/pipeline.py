@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..config import to_dict
+from ..config import require, to_dict
 from ..volume import Volume
 from .geometry import reorient_canonical, resample
 from .intensity import n4_correct, normalize
@@ -43,6 +43,15 @@ class PreprocessConfig:
     write_nifti: bool = True
     # Data type of the written volumes: float32 or float16 (half the disk, about 1e-3 relative precision).
     volume_dtype: Literal["float32", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        """Checks beyond types (convention of ``rsna_aneurysm.config``): wrong values fail before any series runs."""
+        require(self.spacing is None or (len(self.spacing) == 3 and min(self.spacing) > 0), "spacing",
+                f"three positive spacings (mm) or null, got {self.spacing}")
+        require(self.n4_shrink >= 1, "n4_shrink", f"must be at least 1, got {self.n4_shrink}")
+        require(self.ct_window[0] < self.ct_window[1], "ct_window", f"needs low < high, got {self.ct_window}")
+        lo, hi = self.mr_percentiles
+        require(0.0 <= lo < hi <= 100.0, "mr_percentiles", f"needs 0 <= low < high <= 100, got {self.mr_percentiles}")
 
     def digest(self) -> str:
         """Short hash of the settings: part of the cache key of everything derived from the outputs."""

@@ -24,11 +24,11 @@ import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LOCATION_COLS, SEG_LABEL_OF
+from ..io.atomic import atomic_write_parquet
+from ..layout import PreDir
 
 log = logging.getLogger(__name__)
 
-TARGETS_FILE = "region_targets.parquet"
-ATLAS_FILE = "region_atlas.parquet"
 SOURCES = ("truth", "segmentation", "localizer")
 
 
@@ -114,8 +114,8 @@ def build_targets(pre_dir: str | Path, data_dir: str | Path | None = None, min_l
     targets = pl.concat([targets, _localizer_targets(pre, targets, manifest)], how="vertical_relaxed")
     atlas_df = pl.DataFrame(atlas, schema={ID_COL: pl.Utf8, "location": pl.Utf8, "source": pl.Utf8,
                                            "dx": pl.Float64, "dy": pl.Float64, "dz": pl.Float64})
-    targets.write_parquet(pre / TARGETS_FILE)
-    atlas_df.write_parquet(pre / ATLAS_FILE)
+    atomic_write_parquet(targets, PreDir(pre).region_targets)
+    atomic_write_parquet(atlas_df, PreDir(pre).region_atlas)
     counts = targets.group_by("source").len().sort("source").rows()
     log.info("region targets for %d of %d series (%s); atlas %d points", targets.height, manifest.height,
              ", ".join(f"{s}: {n}" for s, n in counts), atlas_df.height)
@@ -151,10 +151,3 @@ def _localizer_targets(pre: Path, targets: pl.DataFrame, manifest: pl.DataFrame)
     return _frame([{ID_COL: r[ID_COL], "source": "localizer", "n_locations": r["n_locations"],
                     **{f"center_{a}": r[f"center_{a}"] for a in "xyz"},
                     **{f"extent_{a}": None for a in "xyz"}} for r in est.iter_rows(named=True)])
-
-
-def read_targets(pre_dir: str | Path) -> pl.DataFrame:
-    path = Path(pre_dir) / TARGETS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no region targets (run `rsna-aneurysm region targets --pre {pre_dir}`)")
-    return pl.read_parquet(path)

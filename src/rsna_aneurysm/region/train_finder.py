@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..config import to_dict
 from ..constants import ID_COL
-from ..io.atomic import atomic_write_text
+from ..io.atomic import atomic_path, atomic_write_parquet, atomic_write_text
+from ..layout import REGION_DIR, REGION_FILES, PreDir, read_region_targets
 from .finder import (
     FinderConfig,
     RegionConfig,
@@ -36,14 +37,12 @@ from .finder import (
     view_to_heat,
 )
 from .geometry import Grid, head_box
-from .targets import ATLAS_FILE, read_targets
 
 log = logging.getLogger(__name__)
 
-REGION_DIR = "region"
-FINDER_FILE = "finder.pt"
-REGION_FILE = "region.json"
-REGION_ATLAS = "atlas.parquet"
+FINDER_FILE = REGION_FILES["finder"]
+REGION_FILE = REGION_FILES["config"]
+REGION_ATLAS = REGION_FILES["atlas"]
 
 
 class RegionTrainingError(RuntimeError):
@@ -179,12 +178,14 @@ def evaluate_finder(model: RegionFinder, items: list[dict[str, Any]], cfg: Finde
 
 
 def train_region_finder(pre_dir: str | Path, run_dir: str | Path, cfg: RegionConfig | None = None,
-                        folds: pl.DataFrame | None = None, holdout_fold: int = -1) -> dict[str, Any]:
-    """Train the finder on every series with a target (except fold ``holdout_fold`` of ``folds``, validated on)."""
+                        folds: pl.DataFrame | None = None, holdout_fold: int = -1,
+                        out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train the finder on every series with a target (except fold ``holdout_fold`` of ``folds``, validated on),
+    into ``out_dir`` (default ``<run>/region``); its metrics list the series it trained on."""
     cfg = cfg or RegionConfig()
     fcfg = cfg.finder
-    pre, out = Path(pre_dir), Path(run_dir) / REGION_DIR
-    targets = read_targets(pre)
+    pre, out = Path(pre_dir), Path(out_dir) if out_dir is not None else Path(run_dir) / REGION_DIR
+    targets = read_region_targets(pre)
     manifest = pl.read_parquet(pre / "manifest.parquet").filter(pl.col("status") == "ok")
     table = targets.join(manifest.select(ID_COL, "volume", "mask"), on=ID_COL, how="inner")
     if folds is not None:
@@ -239,17 +240,17 @@ def train_region_finder(pre_dir: str | Path, run_dir: str | Path, cfg: RegionCon
                "val": evaluate_finder(model, val_items, fcfg) if val_items else None,
                "holdout_fold": holdout_fold, "n_train": len(train_items), "n_val": len(val_items),
                "views_s": round(t_views, 2), "train_s": round(t_train, 2), "history": history[-3:],
-               "fallback_offset_mm": list(cfg.fallback_offset_mm), "box_mm": list(cfg.box_mm)}
+               "fallback_offset_mm": list(cfg.fallback_offset_mm), "box_mm": list(cfg.box_mm),
+               "train_series": sorted(str(r[ID_COL]) for r in train_rows)}
     out.mkdir(parents=True, exist_ok=True)
     state = {"state_dict": model.state_dict(), "finder": json.loads(json.dumps(to_dict(fcfg))), "kind": "region_finder"}
-    tmp = out / f".{FINDER_FILE}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out / FINDER_FILE)
+    with atomic_path(out / FINDER_FILE) as tmp:
+        torch.save(state, tmp)
     atomic_write_text(out / REGION_FILE, json.dumps(to_dict(cfg), indent=2) + "\n")
-    if (pre / ATLAS_FILE).is_file():
+    if PreDir(pre).region_atlas.is_file():
         train_uids = {r[ID_COL] for r in train_rows}
-        atlas = pl.read_parquet(pre / ATLAS_FILE).filter(pl.col(ID_COL).is_in(list(train_uids)))
-        atlas.write_parquet(out / REGION_ATLAS)
+        atlas = pl.read_parquet(PreDir(pre).region_atlas).filter(pl.col(ID_COL).is_in(list(train_uids)))
+        atomic_write_parquet(atlas, out / REGION_ATLAS)
     atomic_write_text(out / "finder_metrics.json", json.dumps(metrics, indent=2) + "\n")
     log.info("region finder: %d training series, centre error median %.1f mm (train)%s; %.0f s",
              len(train_items), metrics["train"]["center_error_mm_median"],
@@ -260,5 +261,16 @@ def train_region_finder(pre_dir: str | Path, run_dir: str | Path, cfg: RegionCon
 
 
 
-__all__ = ["train_region_finder", "cut_views", "evaluate_finder", "finder_loss", "REGION_DIR",
-           "FINDER_FILE", "REGION_FILE", "REGION_ATLAS", "RegionTrainingError"]
+def train_region_finders_per_fold(pre_dir: str | Path, run_dir: str | Path, folds: pl.DataFrame,
+                                  cfg: RegionConfig | None = None) -> dict[int, dict[str, Any]]:
+    """One finder per fold k, trained without fold k's series, into ``<run>/region/fold_<k>/``: out-of-fold
+    prediction of fold k then uses a stage one that never saw its series (the kernel keeps ``<run>/region``)."""
+    out: dict[int, dict[str, Any]] = {}
+    for fold in sorted(int(f) for f in folds["fold"].unique().to_list() if f is not None and f >= 0):
+        out[fold] = train_region_finder(pre_dir, run_dir, cfg, folds, holdout_fold=fold,
+                                        out_dir=Path(run_dir) / REGION_DIR / f"fold_{fold}")
+    return out
+
+
+__all__ = ["train_region_finder", "train_region_finders_per_fold", "cut_views", "evaluate_finder", "finder_loss",
+           "REGION_DIR", "FINDER_FILE", "REGION_FILE", "REGION_ATLAS", "RegionTrainingError"]

@@ -16,6 +16,7 @@ import torch
 
 from ..constants import LABEL_COLS
 from ..io.atomic import atomic_path
+from ..layout import PreDir, RunDir
 
 FORMAT = "rsna-aneurysm/checkpoint-v1"
 
@@ -25,7 +26,7 @@ class CheckpointError(RuntimeError):
 
 
 def fold_dir(run_dir: str | Path, fold: int) -> Path:
-    return Path(run_dir) / f"fold_{fold}"
+    return RunDir(run_dir).fold_dir(fold)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -52,7 +53,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def read_preprocessing(pre_dir: str | Path) -> dict[str, Any]:
     """The preprocessed folder's resolved config (``config.json``), or {} when it has none."""
-    p = Path(pre_dir) / "config.json" if pre_dir else None
+    p = PreDir(pre_dir).config if pre_dir else None
     if p is None or not p.exists():
         return {}
     return json.loads(p.read_text())
@@ -113,10 +114,32 @@ def load_model(run_dir: str | Path, fold: int, which: str = "best", device: str 
     return model, meta
 
 
-def list_folds(run_dir: str | Path, which: str = "best") -> list[int]:
-    """Folds of a run that have a ``which`` checkpoint, sorted."""
-    out = []
-    for d in Path(run_dir).glob("fold_*"):
-        if (d / f"{which}.pt").exists() and d.name[5:].isdigit():
-            out.append(int(d.name[5:]))
-    return sorted(out)
+# Config keys whose change makes resuming a fold from its last.pt meaningless.
+RESUME_KEYS = (("model",), ("cache",), ("seed",), ("batch_size",), ("steps_per_epoch",), ("optim",), ("loss",),
+               ("data", "folds"), ("data", "n_folds"), ("data", "fold_seed"))
+
+
+def config_mismatch(saved: dict[str, Any], cfg_dict: dict[str, Any]) -> list[str]:
+    """The ``RESUME_KEYS`` (dotted) where a checkpoint's config and ``cfg_dict`` differ."""
+    bad = []
+    for k in RESUME_KEYS:
+        a, b = saved, cfg_dict
+        for part in k:
+            a, b = a.get(part), b.get(part)
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            bad.append(".".join(k))
+    return bad
+
+
+def load_init_weights(model: torch.nn.Module, init_from: str | Path, fold: int) -> Path:
+    """Load ``init_from`` (a checkpoint file, or a run folder whose ``fold_<fold>/best.pt`` is used) into ``model``;
+    returns the file. Raises CheckpointError when it is missing or of another architecture."""
+    init = Path(init_from)
+    init = init if init.is_file() else RunDir(init).checkpoint(fold, "best")
+    if not init.is_file():
+        raise CheckpointError(f"init_from: no checkpoint at {init}")
+    missing = model.load_state_dict(load_checkpoint(init)["state_dict"], strict=False)
+    if missing.missing_keys or missing.unexpected_keys:
+        raise CheckpointError(f"init_from {init}: another architecture (missing {missing.missing_keys[:3]}, "
+                              f"unexpected {missing.unexpected_keys[:3]})")
+    return init

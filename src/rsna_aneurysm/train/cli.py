@@ -6,34 +6,43 @@ import argparse
 import json
 import logging
 
-from ..config import ConfigError, parse_overrides
+from ..cli_common import add_command, add_config_argument, add_folds_argument, add_folds_table_argument, overrides
 
 log = logging.getLogger(__name__)
 
-
-def _folds(value: str) -> list[int] | None:
-    if value == "all":
-        return None
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fold takes an integer, a comma list or 'all', got {value!r}") from None
+# Flags that set a config key, so the common ones need no dotted override.
+_FLAG_KEYS = (("data", "data.preprocessed"), ("cache", "data.cache_dir"), ("out", "out_dir"),
+              ("folds_table", "data.folds"))
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .config import load_train_config, shipped_config
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "train", cmd_train, overrides=True,
+                    help="train patch models on the folds (torchrun --nproc_per_node N -m rsna_aneurysm.cli train ...)",
+                    description="Train a patch model per fold into <out>/<run_name>/. Extra --key value pairs "
+                                "override config keys (e.g. --epochs 3 --optim.lr 3e-4 --run_name NAME). Under "
+                                "torchrun each process trains on its share of every batch (DDP).")
+    add_config_argument(p, "training config", required=True)
+    add_folds_argument(p, "folds to train (default: all)", "--fold")
+    p.add_argument("--data", help="preprocessed folder (sets data.preprocessed)")
+    p.add_argument("--cache", help="patch cache folder (sets data.cache_dir)")
+    add_folds_table_argument(p, "folds table (sets data.folds)")
+    p.add_argument("--out", help="folder the run folder goes in (sets out_dir; default weights)")
+    p.add_argument("--no-resume", action="store_true", help="start over even when fold_<k>/last.pt exists")
+    p.add_argument("--json", action="store_true", help="print the per-fold summaries as JSON")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..cli_common import resolve_config
+    from .config import load_train_config
     from .loop import train_folds
 
-    overrides = parse_overrides(getattr(args, "overrides", []) or [])
-    for flag, key in (("data", "data.preprocessed"), ("cache", "data.cache_dir"), ("out", "out_dir"),
-                      ("run", "run_name"), ("folds_table", "data.folds")):
+    settings = overrides(args)
+    for flag, key in _FLAG_KEYS:
         if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
-    path = args.config
-    if path and not path.endswith(".json") and "/" not in path:
-        path = str(shipped_config(path))
-    cfg = load_train_config(path, overrides)
-    results = train_folds(cfg, args.fold, resume=not args.no_resume)
+            settings[key] = getattr(args, flag)
+    cfg = load_train_config(resolve_config(args.config), settings)
+    results = train_folds(cfg, args.folds, resume=not args.no_resume)
     for r in results:
         best = r["best"]
         log.info("fold %d: best epoch %d: score %.4f, AUC %.4f, acc %.3f, sens %.3f, spec %.3f, F2 %.3f (%s)",
@@ -43,29 +52,3 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     return 0
-
-
-def _main(args: argparse.Namespace) -> int:
-    try:
-        return run_train(args)
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train", help="train patch models on the folds (torchrun --nproc_per_node N -m rsna_aneurysm.cli train ...)",
-        description="Train a patch model per fold. Extra --key value pairs override config keys (e.g. --epochs 3 "
-                    "--optim.lr 3e-4). Under torchrun each process trains on its share of every batch (DDP).")
-    p.add_argument("--config", required=True,
-                   help="training config JSON, or the name of a shipped one (e.g. unet3d_cpu_demo)")
-    p.add_argument("--fold", type=_folds, default=None, help="fold number, comma list, or 'all' (default: all)")
-    p.add_argument("--data", help="preprocessed folder (sets data.preprocessed)")
-    p.add_argument("--cache", help="patch cache folder (sets data.cache_dir)")
-    p.add_argument("--folds-table", dest="folds_table", help="folds table (sets data.folds)")
-    p.add_argument("--out", help="weights folder (sets out_dir)")
-    p.add_argument("--run", help="run name (sets run_name)")
-    p.add_argument("--no-resume", action="store_true", help="start over even when fold_<k>/last.pt exists")
-    p.add_argument("--json", action="store_true", help="print the per-fold summaries as JSON")
-    p.set_defaults(func=_main, accepts_overrides=True)

@@ -1,7 +1,8 @@
 """The training config: a dataclass tree set from a JSON file and ``--key value`` overrides.
 
-``load_train_config`` checks everything that can be checked before any work starts (unknown keys, wrong types,
-an unknown model name or model argument, label-vector lengths) and names the offending key.
+Everything that can be checked before any work starts (unknown keys, wrong types, an unknown model name or model
+argument, label-vector lengths, cache settings) fails when the config is built, naming the offending key: each
+class checks its own fields in ``__post_init__`` (the convention of ``rsna_aneurysm.config``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, load_config
-from ..constants import MODALITIES, N_LABELS
-from ..data.cache import CacheConfig
+from ..config import ConfigError, load_config, require
+from ..constants import N_LABELS
+from ..data.cache_config import CacheConfig
+from ..runtime import is_device_name
 
 
 @dataclass
@@ -33,6 +35,11 @@ class DataConfig:
     # Processes that build the cache.
     cache_workers: int = 2
 
+    def __post_init__(self) -> None:
+        require(self.n_folds >= 1, "n_folds", f"must be at least 1, got {self.n_folds}")
+        for key in ("workers", "cache_workers"):
+            require(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
+
 
 @dataclass
 class ModelConfig:
@@ -40,6 +47,18 @@ class ModelConfig:
 
     name: str = "unet3d_tiny"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """The name is registered and takes every kwarg (imports the model registry)."""
+        from ..models.registry import UnknownModelError, model_kwarg_names
+
+        try:
+            accepted = model_kwarg_names(self.name)
+        except UnknownModelError as e:
+            raise ConfigError(str(e), "name") from None
+        for k in self.kwargs if accepted is not None else ():
+            require(k in accepted, f"kwargs.{k}",
+                    f"model {self.name!r} takes no argument {k!r}; it takes {', '.join(sorted(accepted))}")
 
 
 @dataclass
@@ -63,6 +82,12 @@ class LossConfig:
     # holds an aneurysm. It punishes the single strongest false voxel, which is what a scan-level maximum sees
     # (0 switches it off).
     heatmap_max_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("pos_weight", "label_weights"):
+            v = getattr(self, key)
+            require(v is None or len(v) == N_LABELS, key, f"needs {N_LABELS} values (label order), got "
+                                                          f"{None if v is None else len(v)}")
 
 
 @dataclass
@@ -136,6 +161,14 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self) -> None:
+        """This class's own fields; the nested configs check theirs."""
+        for key in ("epochs", "batch_size", "val_batch_size"):
+            require(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
+                f"must be at least 1 or null, got {self.steps_per_epoch}")
+        require(is_device_name(self.device), "device", f"auto, cpu or cuda[:N], got {self.device!r}")
+
     def cache_path(self) -> Path:
         """The patch cache folder this run reads."""
         if self.data.cache_dir:
@@ -145,48 +178,6 @@ class TrainConfig:
         return Path(self.data.preprocessed) / "patch_cache"
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Checks beyond types; raises ConfigError naming the key."""
-    from ..models.registry import UnknownModelError, model_kwarg_names
-
-    try:
-        accepted = model_kwarg_names(cfg.model.name)
-    except UnknownModelError as e:
-        raise ConfigError(f"config key 'model.name': {e}") from None
-    if accepted is not None:
-        for k in cfg.model.kwargs:
-            if k not in accepted:
-                raise ConfigError(f"config key 'model.kwargs.{k}': model {cfg.model.name!r} takes no argument "
-                                  f"{k!r}; it takes {', '.join(sorted(accepted))}")
-    for key in ("pos_weight", "label_weights"):
-        v = getattr(cfg.loss, key)
-        if v is not None and len(v) != N_LABELS:
-            raise ConfigError(f"config key 'loss.{key}': needs {N_LABELS} values (label order), got {len(v)}")
-    for key, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size), ("val_batch_size", cfg.val_batch_size)):
-        if v < 1:
-            raise ConfigError(f"config key '{key}': must be at least 1, got {v}")
-    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-        raise ConfigError(f"config key 'steps_per_epoch': must be at least 1 or null, got {cfg.steps_per_epoch}")
-    if len(cfg.cache.patch_size) != 3 or min(cfg.cache.patch_size) < 4:
-        raise ConfigError(f"config key 'cache.patch_size': three sizes of at least 4, got {cfg.cache.patch_size}")
-    unknown = [m for m in cfg.cache.hard_negative_dark_modalities if m not in MODALITIES]
-    if unknown:
-        raise ConfigError(f"config key 'cache.hard_negative_dark_modalities': unknown modality {unknown}; "
-                          f"expected some of {list(MODALITIES)}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"config key 'device': auto, cpu or cuda[:N], got {cfg.device!r}")
-    return cfg
-
-
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the JSON file, then overrides; validated."""
-    return validate(load_config(TrainConfig, path, overrides))
-
-
-def shipped_config(name: str) -> Path:
-    """Path of a config shipped with the package (``rsna_aneurysm/configs/<name>.json``)."""
-    path = Path(__file__).resolve().parent.parent / "configs" / (name if name.endswith(".json") else f"{name}.json")
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.json"))
-        raise ConfigError(f"no shipped config {name!r}; shipped: {', '.join(known)}")
-    return path
+    """Defaults, then the JSON file, then overrides; every class checks itself as it is built."""
+    return load_config(TrainConfig, path, overrides)

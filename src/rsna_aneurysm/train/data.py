@@ -14,7 +14,7 @@ from ..config import ConfigError, to_dict
 from ..constants import ANEURYSM_PRESENT, ID_COL
 from ..data.cache import build_cache, read_index
 from ..data.datasets import PatchDataset
-from ..data.splits import resolve_folds
+from ..data.folds import resolve_folds, series_labels
 from .config import TrainConfig
 from .distributed import DistInfo, barrier
 from .runtime import progress_enabled
@@ -42,8 +42,9 @@ def prepare_index(cfg: TrainConfig, info: DistInfo) -> pl.DataFrame:
             _check_cache_settings(cfg, cache_dir)
     barrier(info)
     index = read_index(cache_dir)
-    # Folds come from this run's config (a folds table, or the deterministic split of the cached series).
-    series = index.group_by(ID_COL).agg(pl.col(ANEURYSM_PRESENT).max()).sort(ID_COL)
+    # Folds come from this run's config: a folds table, or the patient-grouped split of the cached series stratified
+    # on all 14 labels. Out-of-fold prediction recomputes it from the same table (series_labels of this index).
+    series = series_labels(index)
     folds = resolve_folds(series, cfg.data.folds, cfg.data.n_folds, cfg.data.fold_seed)
     return index.drop("fold").join(folds, on=ID_COL, how="left").with_columns(pl.col("fold").fill_null(-1))
 

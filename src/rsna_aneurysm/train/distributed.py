@@ -62,16 +62,8 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group (torchrun expects it at the end of a run, also on error); no-op single-process."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from ..io.atomic import atomic_path, atomic_write_csv
 
 CURVES = (("loss", ("train_loss", "val_loss")), ("validation", ("score", "auc", "f2", "sens", "spec")))
 
@@ -22,10 +23,7 @@ def write_metrics_csv(history: list[dict[str, Any]], path: str | Path) -> Path:
     """One row per epoch; list values (e.g. skipped columns) joined with ';'."""
     path = Path(path)
     rows = [{k: _cell(v) for k, v in row.items()} for row in history]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_csv(pl.DataFrame(rows, infer_schema_length=None), path)
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -51,8 +49,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:  # the temporary name keeps ".png": savefig picks the format from it
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -1,8 +1,8 @@
-"""Where and how a training process runs: device, precision, progress bars, and graceful stop requests."""
+"""Where and how a training process runs: its device and precision (by the package-wide rule of
+``rsna_aneurysm.runtime``), progress bars, and graceful stop requests."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
@@ -11,34 +11,23 @@ from typing import Any
 
 import torch
 
+from ..runtime import autocast_dtype, resolve_device, resolve_precision
 from .config import TrainConfig
 from .distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if cfg.device.startswith("cuda:"):
-        return torch.device(cfg.device)
-    return torch.device("cuda", info.local_rank)
+def train_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
+    """The device of this training process: ``cfg.device`` through ``rsna_aneurysm.runtime.resolve_device``, with
+    ``cuda`` / ``auto`` meaning this process's own GPU under torchrun."""
+    return resolve_device(cfg.device, info.local_rank)
 
 
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype (None = full precision). On CPU, ``auto`` is bfloat16 autocast where the CPU computes it
-    natively (AMX / AVX512-BF16: 2-3x faster training steps), else fp32; ``bf16`` forces it; fp16 is CUDA only."""
-    if cfg.precision == "fp32":
-        return None
-    if device.type != "cuda":
-        from ..infer.sliding_window import resolve_precision as _infer_precision
-
-        if cfg.precision == "bf16" or (cfg.precision == "auto" and _infer_precision("auto", device) == "bf16"):
-            return torch.bfloat16
-        return None
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
+def train_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the training step (None: full precision), by the same rule as inference
+    (``rsna_aneurysm.runtime.resolve_precision``); float16 gets a gradient scaler in the loop."""
+    return autocast_dtype(resolve_precision(cfg.precision, device))
 
 
 def progress_enabled(cfg: TrainConfig, info: DistInfo) -> bool:
@@ -76,9 +65,3 @@ def agree(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(t)
     return bool(t.item() > 0)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -19,7 +19,6 @@ corrupt heatmap, which raises :class:`HeatmapError` when it is asked for.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
+from ..io.atomic import atomic_write_parquet
 from ..volume import Volume
 from .data import ViewerDataError
 
@@ -234,7 +234,4 @@ def write_live_prediction(out_dir: str | Path, uid: str, probs: dict[str, float]
         except ViewerDataError:
             old = pl.DataFrame(schema=schema)
         row = pl.concat([old.filter(pl.col(ID_COL) != uid), row])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    row.write_parquet(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_parquet(row, path)

@@ -22,6 +22,7 @@ import polars as pl
 from pydicom.uid import RLELossless
 
 from ...constants import ID_COL, LABEL_COLS, LOCALIZER_COLS
+from ...io.atomic import atomic_write_csv, atomic_write_text
 from .geometry import PRESETS
 from .labels import COVER_MIN_SERIES, SPLIT_CODES, Case, cases_frame, draw_cases
 from .series import SeriesSpec, coordinates_str, make_series
@@ -156,19 +157,19 @@ def generate_dataset(out: Path, n_series: int, preset: str = "tiny", seed: int =
         truths = [_run_job(j) for j in _progress(jobs, len(jobs), progress)]
     train_truths, test_truths = truths[:n_series], truths[n_series:]
 
-    cases_frame(train_cases).write_csv(out / "train.csv")
-    _localizer_frame(train_truths).write_csv(out / "train_localizers.csv")
+    atomic_write_csv(cases_frame(train_cases), out / "train.csv")
+    atomic_write_csv(_localizer_frame(train_truths), out / "train_localizers.csv")
     (out / "test").mkdir(exist_ok=True)
     solution = cases_frame(test_cases)
-    solution.select(ID_COL).write_csv(out / "test" / "test.csv")
-    solution.select(ID_COL, *LABEL_COLS).write_csv(out / "test" / "solution.csv")
+    atomic_write_csv(solution.select(ID_COL), out / "test" / "test.csv")
+    atomic_write_csv(solution.select(ID_COL, *LABEL_COLS), out / "test" / "solution.csv")
     truth_json = {}
     for split, ts in (("train", train_truths), ("test", test_truths)):
         for t in ts:
             entry = {k: v for k, v in t.items() if k != "series_uid"}
             entry["split"] = split
             truth_json[t["series_uid"]] = entry
-    (out / "synth_truth.json").write_text(json.dumps(truth_json, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / "synth_truth.json", json.dumps(truth_json, indent=1, sort_keys=True) + "\n")
 
     summary = {
         "out": str(out), "preset": preset, "seed": seed,

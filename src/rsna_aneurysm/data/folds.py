@@ -1,4 +1,4 @@
-"""Cross-validation folds: series grouped by patient, stratified on every label, the modality and fold size.
+"""Cross-validation folds, the one splitter of the package: series grouped by patient, stratified on every label.
 
 scikit-learn's StratifiedGroupKFold balances one label only; here 14 labels (several per series, some with ~46
 positives in 4,348 series) must all have positives in every validation fold, or that fold's AUC is undefined. We use
@@ -8,6 +8,10 @@ wants most series, then a seeded coin), repeat. Rare labels are placed first, wh
 A short local search then moves single groups between folds while that brings every column and the fold sizes
 closer to their targets (and never empties a column that could have a positive in every fold); it repairs what
 the one-label-at-a-time pass leaves on small tables where labels co-occur a lot.
+
+``rsna-aneurysm folds`` writes a table with it (``make_folds``); a training run without a table computes the same
+split of its own series (``resolve_folds`` on ``series_labels`` of the patch index), and whoever recomputes a run's
+folds later (out-of-fold prediction) must pass the same series table to get the same assignment.
 """
 
 from __future__ import annotations
@@ -20,22 +24,26 @@ import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS, MODALITIES
-from .tables import TableError, check_unique_ids
 
 log = logging.getLogger(__name__)
 
 PATIENT_COL = "PatientID"
+MODALITY_COL = "Modality"
+
+
+class FoldsError(ValueError):
+    """A folds table or series table is missing, unreadable, lacks the needed columns or cannot be split."""
 
 
 def stratification_matrix(labels: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     """(n, L) non-negative counts the folds should balance: the 14 labels, then one column per modality present."""
     names = [c for c in LABEL_COLS if c in labels.columns]
     cols = [labels[c].cast(pl.Float64).fill_null(0).to_numpy() for c in names]
-    if "Modality" in labels.columns:
-        mods = labels["Modality"].cast(pl.String).fill_null("unknown").to_numpy()
+    if MODALITY_COL in labels.columns:
+        mods = labels[MODALITY_COL].cast(pl.String).fill_null("unknown").to_numpy()
         known = [m for m in MODALITIES if m in set(mods)] + sorted(set(mods) - set(MODALITIES))
         for m in known:
-            names.append(f"Modality={m}")
+            names.append(f"{MODALITY_COL}={m}")
             cols.append((mods == m).astype(np.float64))
     if not cols:
         return np.zeros((labels.height, 0)), []
@@ -51,10 +59,10 @@ def iterative_group_stratification(y: np.ndarray, groups: np.ndarray, k: int, se
     y = np.asarray(y, dtype=np.float64)
     n = y.shape[0]
     if k < 2:
-        raise ValueError(f"k must be at least 2, got {k}")
+        raise FoldsError(f"k must be at least 2, got {k}")
     keys, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     if len(keys) < k:
-        raise ValueError(f"cannot make {k} folds from {len(keys)} groups")
+        raise FoldsError(f"cannot make {k} folds from {len(keys)} groups")
     g_counts = np.zeros((len(keys), y.shape[1]))
     np.add.at(g_counts, inverse, y)
     g_size = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
@@ -135,26 +143,111 @@ def _refine(fold_of_group: np.ndarray, g_counts: np.ndarray, g_size: np.ndarray,
             break
 
 
+def _check_unique_ids(df: pl.DataFrame, source: str) -> None:
+    if ID_COL not in df.columns:
+        raise FoldsError(f"{source}: no {ID_COL} column (columns: {df.columns})")
+    dup = df.filter(pl.col(ID_COL).is_duplicated())[ID_COL].unique().sort().to_list()
+    if dup:
+        raise FoldsError(f"{source}: {len(dup)} duplicated {ID_COL} values: {', '.join(map(str, dup[:5]))}"
+                         + (", ..." if len(dup) > 5 else ""))
+
+
+def _groups(labels: pl.DataFrame, group_col: str | None) -> np.ndarray:
+    """One group key per row: ``p:<patient>`` where ``group_col`` holds a value, else ``s:<series uid>``."""
+    uids = labels[ID_COL].cast(pl.String).to_numpy()
+    if group_col is None or group_col not in labels.columns:
+        return np.array([f"s:{u}" for u in uids])
+    pid = labels[group_col].cast(pl.String).to_numpy()
+    return np.array([f"p:{p}" if p not in (None, "") else f"s:{u}" for p, u in zip(pid, uids)])
+
+
 def make_folds(labels: pl.DataFrame, k: int = 5, seed: int = 0, group_col: str | None = PATIENT_COL
                ) -> pl.DataFrame:
     """``SeriesInstanceUID, fold`` (+ the group column when used) for a train.csv-shaped table.
 
-    Series are grouped by ``group_col`` where it holds a value; a series without one is its own group.
+    Stratifies on the label columns and ``Modality`` that ``labels`` has; series are grouped by ``group_col``
+    where it holds a value, and a series without one is its own group. The rows keep the order of ``labels``.
     """
-    check_unique_ids(labels, "labels")
+    _check_unique_ids(labels, "labels")
     y, _ = stratification_matrix(labels)
     uids = labels[ID_COL].cast(pl.String).to_numpy()
     use_groups = group_col is not None and group_col in labels.columns
-    if use_groups:
-        pid = labels[group_col].cast(pl.String).to_numpy()
-        groups = np.array([f"p:{p}" if p not in (None, "") else f"s:{u}" for p, u in zip(pid, uids)])
-    else:
-        groups = np.array([f"s:{u}" for u in uids])
-    folds = iterative_group_stratification(y, groups, k, seed)
+    folds = iterative_group_stratification(y, _groups(labels, group_col), k, seed)
     out = pl.DataFrame({ID_COL: uids, "fold": folds.astype(np.int32)})
     if use_groups:
         out = out.with_columns(labels[group_col].cast(pl.String).alias(group_col))
     return out
+
+
+def series_labels(index: pl.DataFrame) -> pl.DataFrame:
+    """The series table folds are computed from: one row per series of ``index`` (e.g. the patch cache index,
+    several rows per series), sorted by uid, with each label column's max over its rows, and ``PatientID`` and
+    ``Modality`` (first value) when ``index`` has them.
+
+    Training and whoever recomputes its folds must build the table the same way (this function on the same index)
+    for ``resolve_folds`` to give the same assignment.
+    """
+    if ID_COL not in index.columns:
+        raise FoldsError(f"series table has no {ID_COL} column (columns: {index.columns})")
+    aggs = [pl.col(c).max() for c in LABEL_COLS if c in index.columns]
+    aggs += [pl.col(c).drop_nulls().first() for c in (PATIENT_COL, MODALITY_COL) if c in index.columns]
+    return index.with_columns(pl.col(ID_COL).cast(pl.String)).group_by(ID_COL).agg(aggs).sort(ID_COL)
+
+
+def read_folds(path: str | Path) -> pl.DataFrame:
+    """``SeriesInstanceUID, fold`` from a CSV or parquet table."""
+    path = Path(path)
+    if not path.exists():
+        raise FoldsError(f"folds table {path} does not exist")
+    try:
+        df = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=10000)
+    except Exception as e:  # polars raises several types for unreadable files
+        raise FoldsError(f"folds table {path} is not readable: {e}") from e
+    missing = {ID_COL, "fold"} - set(df.columns)
+    if missing:
+        raise FoldsError(f"folds table {path} lacks column(s) {sorted(missing)}")
+    return df.select(pl.col(ID_COL).cast(pl.Utf8), pl.col("fold").cast(pl.Int64))
+
+
+def resolve_folds(series: pl.DataFrame, folds_path: str | Path | None, n_folds: int = 5, seed: int = 42
+                  ) -> pl.DataFrame:
+    """``SeriesInstanceUID, fold`` (Int64, sorted by uid) of every series in ``series``.
+
+    From ``folds_path`` when given (series it lacks get fold -1 and a warning). Otherwise ``make_folds`` on
+    ``series``: one row per series with the 14 label columns (fewer: a warning, the missing ones are not
+    balanced), and ``PatientID`` / ``Modality`` when known (``series_labels`` builds it from a patch index).
+    Without ``PatientID`` each series is its own patient (a warning says so). Deterministic for a seed and
+    independent of the row order.
+    """
+    _check_unique_ids(series, "series table")
+    uids = series.select(pl.col(ID_COL).cast(pl.Utf8)).sort(ID_COL)
+    if folds_path:
+        table = read_folds(folds_path)
+        out = uids.join(table, on=ID_COL, how="left").with_columns(pl.col("fold").fill_null(-1))
+        n_missing = int((out["fold"] == -1).sum())
+        if n_missing:
+            log.warning("folds table %s lacks %d of %d series: they get fold -1 (used for neither training nor "
+                        "validation)", folds_path, n_missing, len(out))
+        return out
+    missing = [c for c in LABEL_COLS if c not in series.columns]
+    if missing:
+        log.warning("folds: the series table lacks %d of %d label columns (%s): they are not balanced over the "
+                    "folds", len(missing), len(LABEL_COLS), ", ".join(missing[:3]) + (", ..." if len(missing) > 3
+                                                                                         else ""))
+    if PATIENT_COL not in series.columns or series[PATIENT_COL].is_null().all():
+        log.warning("folds: no %s for the %d series, so each series is its own patient (the competition's train "
+                    "set has one series per patient); to group by patient, write a table with `rsna-aneurysm folds "
+                    "--read-patient-ids` and set data.folds", PATIENT_COL, series.height)
+    n_groups = len(np.unique(_groups(series, PATIENT_COL))) if series.height else 0
+    if n_groups < n_folds:
+        # Too few to split (a toy table): one patient per fold, the other folds stay empty (training such a fold
+        # fails with a clear message), instead of failing whoever only needs the table.
+        log.warning("folds: %d patient(s) for %d folds: folds %d-%d stay empty", n_groups, n_folds, max(n_groups, 1),
+                    n_folds - 1)
+        if n_groups < 2:
+            return uids.with_columns(pl.lit(0, pl.Int64).alias("fold"))
+    folds = make_folds(series, k=min(n_folds, n_groups), seed=seed)
+    return uids.join(folds.select(ID_COL, pl.col("fold").cast(pl.Int64)), on=ID_COL, how="left")
 
 
 def fold_positive_counts(labels: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
@@ -188,8 +281,8 @@ def _patient_id_of(series_dir: Path) -> str | None:
     first = next(iter(sorted(series_dir.glob("*.dcm"))), None)
     if first is None:
         return None
-    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["PatientID"])
-    value = ds.get("PatientID")
+    ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=[PATIENT_COL])
+    value = ds.get(PATIENT_COL)
     return str(value) if value not in (None, "") else None
 
 
@@ -197,7 +290,7 @@ def read_patient_ids(series_root: str | Path, uids: list[str], workers: int = 8)
     """``SeriesInstanceUID, PatientID`` from one DICOM header per series (pixels not read); missing -> null."""
     series_root = Path(series_root)
     if not series_root.is_dir():
-        raise TableError(f"{series_root}: series folder does not exist")
+        raise FoldsError(f"{series_root}: series folder does not exist")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pids = list(pool.map(lambda u: _patient_id_of(series_root / u), uids))
     n_missing = sum(p is None for p in pids)

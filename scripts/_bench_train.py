@@ -1,4 +1,5 @@
-"""Measurements behind ``scripts/bench_train.py``: training throughput from a dataset, and data-only epoch time.
+"""Measurements behind ``bench_train.py`` (beside this file, which imports it from its own folder): training
+throughput from a dataset, and data-only epoch time.
 
 The training step here is the loop's (augment, autocast forward, loss, backward, AdamW) without validation or
 checkpoints, so the number isolates what the data path costs the model.
@@ -15,12 +16,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.registry import create_model
-from .augment import BatchAugment
-from .config import TrainConfig
-from .distributed import DistInfo
-from .loop import resolve_device, resolve_precision
-from .losses import build_loss
+from rsna_aneurysm.models.registry import create_model
+from rsna_aneurysm.train.augment import BatchAugment
+from rsna_aneurysm.train.config import TrainConfig
+from rsna_aneurysm.train.distributed import DistInfo
+from rsna_aneurysm.train.losses import build_loss
+from rsna_aneurysm.train.runtime import train_amp_dtype, train_device
 
 
 class TreeMemory:
@@ -82,8 +83,8 @@ def _loader(ds: Dataset, cfg: TrainConfig, workers: int, seed: int = 0) -> DataL
 def train_throughput(cfg: TrainConfig, ds: Dataset, steps: int, warmup: int = 2, workers: int | None = None
                      ) -> dict[str, Any]:
     """Patches per second over ``steps`` training steps (after ``warmup`` untimed ones)."""
-    device = resolve_device(cfg, DistInfo())
-    amp = resolve_precision(cfg, device)
+    device = train_device(cfg, DistInfo())
+    amp = train_amp_dtype(cfg, device)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, **cfg.model.kwargs).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)

@@ -1,4 +1,5 @@
-"""Benchmarks behind ``scripts/bench_infer.py``: the kit's sliding window against MONAI's, and ``predict`` per series.
+"""Measurements behind ``bench_infer.py`` and ``bench_pipelines.py`` (beside this file, which they import from their
+own folder): the kit's sliding window against MONAI's, and ``predict`` per series.
 
 MONAI is an optional, bench-only dependency (the ``bench`` extra): without it the comparison is skipped and says so.
 Both sides get the same model, volume, window, overlap, batch size and blending weights (MONAI is handed the
@@ -18,16 +19,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..constants import MODALITIES
-from .sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model, resolve_precision, weight_map
+from rsna_aneurysm.constants import MODALITIES
+from rsna_aneurysm.infer.sliding_window import (
+    SlidingWindowConfig,
+    SlidingWindowInferer,
+    prepare_model,
+    resolve_precision,
+    weight_map,
+)
 
 
 def untrained_weights(run_dir: Path, model: str = "unet3d_tiny", kwargs: dict[str, Any] | None = None,
                       patch: int = 64, spacing_mm: float = 1.0, seed: int = 0) -> Path:
     """A one-fold weights folder of a randomly initialised model (timing does not depend on the weights)."""
-    from ..constants import LABEL_COLS
-    from ..models import create_model
-    from ..train.checkpoint import model_payload, save_checkpoint
+    from rsna_aneurysm.constants import LABEL_COLS
+    from rsna_aneurysm.models import create_model
+    from rsna_aneurysm.train.checkpoint import model_payload, save_checkpoint
 
     torch.manual_seed(seed)
     net = randomize_batchnorm(create_model(model, **(kwargs or {})), seed)
@@ -113,8 +120,8 @@ def predict_timing(weights: Path, modalities: tuple[str, ...] = MODALITIES, pres
                    overrides: dict[str, Any] | None = None, seed: int = 0, keep: Path | None = None
                    ) -> list[dict[str, Any]]:
     """Seconds of ``Predictor.predict`` per synthetic series of each modality, split into its stages."""
-    from ..data.synth import SeriesSpec, make_series
-    from .predictor import Predictor
+    from rsna_aneurysm.data.synth import SeriesSpec, make_series
+    from rsna_aneurysm.infer.predictor import Predictor
 
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="rsna_bench_"))
     rows = []

@@ -1,4 +1,5 @@
-"""A tiny preprocessed folder (docs/layout.md) written directly, for tests and benchmarks of the later stages.
+"""Test helper (not a test module): a tiny preprocessed folder (docs/layout.md) written directly, for tests of the
+later stages and scripts/bench_train.py.
 
 Each series is a small 1 mm volume: an ellipsoid of head tissue with noise, a few bright straight vessels, and on
 positive series one or two brighter spheres (the aneurysms) whose voxel positions go to ``localizers.parquet``.
@@ -12,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, TRAIN_COLS
-from ..io.nifti import write_volume
-from ..volume import Volume
+from rsna_aneurysm.constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, TRAIN_COLS
+from rsna_aneurysm.io.nifti import write_volume
+from rsna_aneurysm.volume import Volume
 
 
 def toy_volume(shape: tuple[int, int, int], points: list[tuple[float, float, float]], rng: np.random.Generator,

@@ -20,8 +20,10 @@ from typing import Any
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
-from ..infer.oof import run_config, run_oof
-from ..infer.predictor import PredictorConfig
+from ..io.atomic import atomic_path, atomic_write_text
+from ..layout import TestDir, read_labels
+from .oof import OOFError, preprocessed_dir, run_oof
+from .pipeline import PredictorConfig
 
 
 def _score(oof: pl.DataFrame, labels: pl.DataFrame) -> dict[str, Any]:
@@ -36,15 +38,16 @@ def _score(oof: pl.DataFrame, labels: pl.DataFrame) -> dict[str, Any]:
 def score_test_set(run_dir: Path, test_dir: Path, cfg: PredictorConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Predict every series of a labelled test folder (``test.csv``, ``series/``, ``solution.csv``) with the
     predictor as the kernel builds it (no budget, nothing deleted); the submission and its score."""
-    from ..infer.predictor import Predictor
+    from .predictor import Predictor
 
+    test = TestDir(test_dir)
     predictor = Predictor(run_dir, replace(cfg, share_root=None, use_budget=False))
-    uids = pl.read_csv(test_dir / "test.csv", schema_overrides={ID_COL: pl.Utf8})[ID_COL].to_list()
+    uids = read_labels(test.test_csv)[ID_COL].to_list()
     t0 = time.perf_counter()
-    rows = [predictor.predict(str(test_dir / "series" / u)).with_columns(pl.lit(u).alias(ID_COL)) for u in uids]
+    rows = [predictor.predict(str(test.series(u))).with_columns(pl.lit(u).alias(ID_COL)) for u in uids]
     seconds = time.perf_counter() - t0
     sub = pl.concat(rows).select(ID_COL, *LABEL_COLS)
-    solution = pl.read_csv(test_dir / "solution.csv", schema_overrides={ID_COL: pl.Utf8})
+    solution = read_labels(test.solution_csv)
     return sub, {"series": len(uids), "seconds_per_series": seconds / max(len(uids), 1),
                  "fallback": predictor.n_fallback, **_score(sub, solution)}
 
@@ -57,13 +60,13 @@ def compare_pipelines(run_dir: str | Path, out_dir: str | Path, preprocessed: st
     run_dir, out = Path(run_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or PredictorConfig()
-    pre = Path(preprocessed or (run_config(run_dir).get("data") or {}).get("preprocessed") or "")
-    labels = pl.read_csv(pre / "train.csv", schema_overrides={ID_COL: pl.Utf8})
+    pre = preprocessed_dir(run_dir, preprocessed)
+    labels = read_labels(pre.train_csv)
     rows: dict[str, dict[str, Any]] = {}
     for name, run, pipeline in (("whole-scan", Path(whole_run or run_dir), "whole"),
                                 ("two-stage", run_dir, "two_stage")):
         t0 = time.perf_counter()
-        oof = run_oof(run, pre, folds, replace(cfg, pipeline=pipeline), out / f"oof_{pipeline}.parquet")
+        oof = run_oof(run, pre.root, folds, replace(cfg, pipeline=pipeline), out / f"oof_{pipeline}.parquet")
         seconds = time.perf_counter() - t0
         row = {"run": str(run), "series": oof.height, "seconds_per_series": seconds / max(oof.height, 1),
                **_score(oof, labels)}
@@ -72,14 +75,15 @@ def compare_pipelines(run_dir: str | Path, out_dir: str | Path, preprocessed: st
             row["region"] = json.loads(regions.read_text())
         if test_dir is not None:
             sub, row["test"] = score_test_set(run, Path(test_dir), replace(cfg, pipeline=pipeline))
-            sub.write_parquet(out / f"test_{pipeline}.parquet")
+            with atomic_path(out / f"test_{pipeline}.parquet") as tmp:
+                sub.write_parquet(tmp)
         rows[name] = row
     if rows["whole-scan"]["series"] != rows["two-stage"]["series"]:
-        raise RuntimeError("the two pipelines predicted different series; compare runs with the same folds")
-    report = {"preprocessed": str(pre), "folds": folds, "test": None if test_dir is None else str(test_dir),
+        raise OOFError("the two pipelines predicted different series; compare runs with the same folds")
+    report = {"preprocessed": str(pre.root), "folds": folds, "test": None if test_dir is None else str(test_dir),
               "pipelines": rows}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(format_report(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.md", format_report(report))
     return report
 
 
@@ -99,6 +103,11 @@ def format_report(report: dict[str, Any]) -> str:
         recall = _f(reg.get("recall"), 3) if reg else "-"
         lines.append(f"| {name} | {r['series']} | {score} | {_f(r['aneurysm_auc'])} | {_f(r['location_auc'])} | "
                      f"{r['seconds_per_series']:.2f} | {recall} | {box} | {reg.get('fallback', '-')} |")
+    for name, r in p.items():
+        estimate = (r.get("region") or {}).get("estimate")
+        if estimate and estimate != "out-of-fold":
+            lines += ["", f"{name} region recall and score: {estimate} (train one finder per fold with "
+                      "`rsna-aneurysm region train --per-fold` for an out-of-fold estimate)."]
     single = next(iter(p.values()))["single_class_columns"]
     if single:
         lines.append("")
