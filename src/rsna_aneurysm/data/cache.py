@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..config import save_config, to_dict
 from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, N_LABELS
 from ..io.atomic import atomic_write_parquet, atomic_write_text
-from ..layout import CacheDir, read_region_targets
+from ..layout import CacheDir, PreDir, read_region_targets
 from .cache_config import CacheConfig
 from .cache_entry import CACHE_VERSION, build_entry, check_entry
 from .folds import resolve_folds, series_labels
@@ -102,11 +102,11 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
     which could contain the unmapped aneurysm); one with none mapped is skipped.
     """
     pre = Path(pre_dir)
-    manifest = _read_table(pre / "manifest.parquet")
+    manifest = _read_table(PreDir(pre).manifest)
     if manifest is None:
         raise CacheError(f"{pre}: no manifest.parquet (run `rsna-aneurysm preprocess` first)")
-    labels = _read_table(pre / "train.csv")
-    locs = _read_table(pre / "localizers.parquet")
+    labels = _read_table(PreDir(pre).train_csv)
+    locs = _read_table(PreDir(pre).localizers)
     skipped: dict[str, str] = {}
     ok = manifest.filter((pl.col("status") == "ok") & pl.col("volume").is_not_null())
     for r in manifest.filter(~pl.col(ID_COL).is_in(ok[ID_COL].to_list())).iter_rows(named=True):

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import ID_COL, LABEL_COLS
+from ..layout import PreDir
 from .cache import CacheConfig
 from .cache_entry import entry_paths
 from .patches import crop_patch, sphere_mask, to_patch_coords
@@ -76,7 +77,7 @@ class VolumePatchDataset(Dataset):
 
     def __init__(self, pre_dir: str | Path, index: pl.DataFrame, cfg: CacheConfig, with_mask: bool = True) -> None:
         pre = Path(pre_dir)
-        manifest = pl.read_parquet(pre / "manifest.parquet")
+        manifest = pl.read_parquet(PreDir(pre).manifest)
         vol_of = dict(zip(manifest[ID_COL].cast(pl.Utf8), manifest["volume"]))
         self.volume = [str(pre / vol_of[u]) for u in index[ID_COL]]
         self.centers = index.select("center_k", "center_j", "center_i").to_numpy()
@@ -84,7 +85,7 @@ class VolumePatchDataset(Dataset):
         self.cfg = cfg
         self.with_mask = with_mask
         points: dict[str, list[list[float]]] = {}
-        loc_path = pre / "localizers.parquet"
+        loc_path = PreDir(pre).localizers
         if loc_path.exists():
             locs = pl.read_parquet(loc_path)
             if {"i", "j", "k"} <= set(locs.columns):

@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
+from ..layout import RunDir
 
 
 def score_tables(pred: pl.DataFrame, labels: pl.DataFrame, out_dir: Path, n_boot: int = 1000, seed: int = 0,
@@ -42,7 +43,7 @@ def score_tables(pred: pl.DataFrame, labels: pl.DataFrame, out_dir: Path, n_boot
         report["thresholds"] = {"beta": beta, "rule": "positive when probability >= threshold", "columns": thr}
     paths = [Path(p) for p in write_report(report, y_true, y_score, out_dir).values()]
     if thresholds:
-        paths.append(Path(save_thresholds(thr, thresholds_path or out_dir / "thresholds.json")))
+        paths.append(Path(save_thresholds(thr, thresholds_path or RunDir(out_dir).thresholds)))
     return report, paths
 
 

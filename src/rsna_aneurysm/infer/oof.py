@@ -21,7 +21,7 @@ import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
 from ..io.atomic import atomic_path, atomic_write_text
-from ..layout import PreDir, RunDir, read_labels, read_localizers, read_manifest
+from ..layout import CacheDir, PreDir, RunDir, read_labels, read_localizers, read_manifest
 from ..volume import Volume
 from .pipeline import PredictorConfig, ScanPipeline, ScanResult, WeightsError, write_prevalence
 
@@ -56,7 +56,7 @@ def series_folds(cfg: dict[str, Any], pre_dir: str | Path) -> pl.DataFrame:
     pre = PreDir(pre_dir)
     data = cfg.get("data") or {}
     cache_dir = Path(data["cache_dir"]) if data.get("cache_dir") else pre.default_cache
-    if (cache_dir / "index.parquet").is_file():  # the series training split, exactly
+    if CacheDir(cache_dir).index.is_file():  # the series training split, exactly
         series = series_labels(read_index(cache_dir))
     else:
         log.warning("%s: no patch cache index; folds are computed from the preprocessed series", cache_dir)

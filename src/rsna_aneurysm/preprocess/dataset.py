@@ -23,6 +23,7 @@ from ..constants import ID_COL, LOCALIZER_COLS
 from ..io.atomic import atomic_write_csv, atomic_write_parquet, atomic_write_text
 from ..io.dicom import load_series
 from ..io.nifti import read_volume, write_volume
+from ..layout import DataDir, PreDir
 from .annotations import map_localizers
 from .geometry import resample
 from .pipeline import PreprocessConfig, preprocess_volume
@@ -127,8 +128,8 @@ def preprocess_dataset(data_dir: str | Path, out_dir: str | Path, cfg: Preproces
         table = table.head(limit)
     for sub in ("records", "volumes", "masks", "segmentations"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.json")
-    loc_path = data_dir / "train_localizers.csv"
+    save_config(cfg, PreDir(out_dir).config)
+    loc_path = DataDir(data_dir).localizers_csv
     locs: dict[str, list[dict]] = {}
     if loc_path.exists():
         for r in pl.read_csv(loc_path, infer_schema_length=0).iter_rows(named=True):
@@ -181,18 +182,18 @@ def write_tables(data_dir: Path, out_dir: Path, table: pl.DataFrame, digest: str
         loc_rows.extend(rec.pop("localizers", []))
         recs.append({k: rec.get(k) for k in MANIFEST_SCHEMA})
     manifest = pl.DataFrame(recs, schema=MANIFEST_SCHEMA)
-    atomic_write_parquet(manifest, out_dir / "manifest.parquet")
+    atomic_write_parquet(manifest, PreDir(out_dir).manifest)
     if loc_rows:
-        atomic_write_parquet(pl.DataFrame(loc_rows), out_dir / "localizers.parquet")
-    elif (data_dir / "train_localizers.csv").exists():
+        atomic_write_parquet(pl.DataFrame(loc_rows), PreDir(out_dir).localizers)
+    elif DataDir(data_dir).localizers_csv.exists():
         empty = pl.DataFrame(schema={ID_COL: pl.Utf8, "location": pl.Utf8})
-        atomic_write_parquet(empty, out_dir / "localizers.parquet")
+        atomic_write_parquet(empty, PreDir(out_dir).localizers)
     for name in ("train.csv", "test.csv"):
         src = data_dir / name
         if src.exists():
             df = pl.read_csv(src, infer_schema_length=10000)
             atomic_write_csv(df.filter(pl.col(ID_COL).cast(pl.Utf8).is_in(manifest[ID_COL].to_list())), out_dir / name)
     n_ok = int((manifest["status"] == "ok").sum())
-    log.info("preprocess: %d ok, %d failed; manifest %s", n_ok, len(manifest) - n_ok, out_dir / "manifest.parquet")
+    log.info("preprocess: %d ok, %d failed; manifest %s", n_ok, len(manifest) - n_ok, PreDir(out_dir).manifest)
     return manifest
 

@@ -50,10 +50,11 @@ def add_region_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_region_targets(args: argparse.Namespace) -> int:
+    from ..layout import PreDir
     from .targets import build_targets
 
     pre = Path(args.pre)
-    if not (pre / "manifest.parquet").is_file():
+    if not PreDir(pre).exists():
         raise FileNotFoundError(f"{pre}: no manifest.parquet (run `{PROG} preprocess` first)")
     targets, atlas = build_targets(pre, args.data)
     counts = {s: n for s, n in targets.group_by("source").len().rows()}

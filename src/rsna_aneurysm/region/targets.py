@@ -25,7 +25,7 @@ import polars as pl
 
 from ..constants import ID_COL, LOCATION_COLS, SEG_LABEL_OF
 from ..io.atomic import atomic_write_parquet
-from ..layout import PreDir
+from ..layout import DataDir, PreDir, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ def build_targets(pre_dir: str | Path, data_dir: str | Path | None = None, min_l
     gives no target. ``atlas_points``: points kept per location and series.
     """
     pre = Path(pre_dir)
-    manifest = pl.read_parquet(pre / "manifest.parquet").filter(pl.col("status") == "ok")
+    manifest = read_manifest(pre)
     truth: dict = {}
-    if data_dir is not None and (Path(data_dir) / "synth_truth.json").is_file():
-        truth = json.loads((Path(data_dir) / "synth_truth.json").read_text())
+    if data_dir is not None and DataDir(data_dir).truth_json.is_file():
+        truth = json.loads(DataDir(data_dir).truth_json.read_text())
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     atlas: list[dict] = []
@@ -130,7 +130,7 @@ def _frame(rows: list[dict]) -> pl.DataFrame:
 
 def _localizer_targets(pre: Path, targets: pl.DataFrame, manifest: pl.DataFrame) -> pl.DataFrame:
     """Centres of positive series without a target, from their localizers minus each location's mean offset."""
-    path = pre / "localizers.parquet"
+    path = PreDir(pre).localizers
     if not path.is_file() or targets.height == 0:
         return _frame([])
     locs = pl.read_parquet(path).filter((pl.col("status") == "ok") & pl.col("world_x").is_not_null())

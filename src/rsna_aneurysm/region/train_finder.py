@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..config import to_dict
 from ..constants import ID_COL
 from ..io.atomic import atomic_path, atomic_write_parquet, atomic_write_text
-from ..layout import REGION_DIR, REGION_FILES, PreDir, read_region_targets
+from ..layout import REGION_DIR, REGION_FILES, PreDir, read_manifest, read_region_targets
 from .finder import (
     FinderConfig,
     RegionConfig,
@@ -139,7 +139,7 @@ def fit_box(model: RegionFinder, pre: Path, items: list[dict[str, Any]], cfg: Re
     """box_mm widened (in 8 mm steps, up to max_box_mm) to hold every training localizer around its series'
     predicted centre with cfg.box_margin_mm to spare."""
     box = np.asarray(cfg.box_mm, dtype=np.float64)
-    path = pre / "localizers.parquet"
+    path = PreDir(pre).localizers
     if not path.is_file():
         return tuple(float(v) for v in box)
     locs = pl.read_parquet(path).filter((pl.col("status") == "ok") & pl.col("world_x").is_not_null())
@@ -186,7 +186,7 @@ def train_region_finder(pre_dir: str | Path, run_dir: str | Path, cfg: RegionCon
     fcfg = cfg.finder
     pre, out = Path(pre_dir), Path(out_dir) if out_dir is not None else Path(run_dir) / REGION_DIR
     targets = read_region_targets(pre)
-    manifest = pl.read_parquet(pre / "manifest.parquet").filter(pl.col("status") == "ok")
+    manifest = read_manifest(pre)
     table = targets.join(manifest.select(ID_COL, "volume", "mask"), on=ID_COL, how="inner")
     if folds is not None:
         table = table.join(folds.select(ID_COL, "fold"), on=ID_COL, how="left").with_columns(

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
+from ..layout import DataDir, PreDir, TestDir
 from ..volume import Volume
 
 DEFAULT_CT_WINDOW = (-100.0, 700.0)
@@ -119,7 +120,7 @@ class PreprocessedSource:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        path = self.root / "manifest.parquet"
+        path = PreDir(self.root).manifest
         try:
             self.manifest = pl.read_parquet(path)
         except (OSError, pl.exceptions.PolarsError) as e:
@@ -127,14 +128,14 @@ class PreprocessedSource:
         for col in (ID_COL, "volume"):
             if col not in self.manifest.columns:
                 raise ViewerDataError(f"{path}: no {col!r} column")
-        self.labels = _read_labels(self.root / "train.csv")
+        self.labels = _read_labels(PreDir(self.root).train_csv)
         self.localizers = self._read_localizers()
-        cfg_path = self.root / "config.json"
+        cfg_path = PreDir(self.root).config
         cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
         self.ct_window = tuple(cfg.get("ct_window") or DEFAULT_CT_WINDOW)
 
     def _read_localizers(self) -> pl.DataFrame:
-        path = self.root / "localizers.parquet"
+        path = PreDir(self.root).localizers
         if not path.is_file():
             return _empty_localizers()
         try:
@@ -205,13 +206,13 @@ class CompetitionSource:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self.out_dir = self.cache_dir / f"pre_{self.cfg.digest()}"
         parts = []
-        train = _read_labels(self.root / "train.csv")
+        train = _read_labels(DataDir(self.root).train_csv)
         if train is not None:
             parts.append(train.with_columns(split=pl.lit("train")))
-        test_dir = self.root / "test"
-        test = _read_labels(test_dir / "test.csv")
+        test_dir = TestDir(DataDir(self.root).test_dir)
+        test = _read_labels(test_dir.test_csv)
         if test is not None:
-            solution = _read_labels(test_dir / "solution.csv")
+            solution = _read_labels(test_dir.solution_csv)
             if solution is not None:
                 test = test.select(ID_COL).join(solution.select([ID_COL, *LABEL_COLS]), on=ID_COL, how="left")
             parts.append(test.with_columns(split=pl.lit("test")))
@@ -227,7 +228,7 @@ class CompetitionSource:
         self.raw_localizers = self._raw_localizers()
 
     def _raw_localizers(self) -> dict[str, list[dict[str, Any]]]:
-        path = self.root / "train_localizers.csv"
+        path = DataDir(self.root).localizers_csv
         out: dict[str, list[dict[str, Any]]] = {}
         if path.is_file():
             for r in pl.read_csv(path, infer_schema_length=0).iter_rows(named=True):
@@ -295,6 +296,6 @@ def open_data(path: str | Path, cache_dir: str | Path | None = None) -> DataSour
     path = Path(path)
     if not path.is_dir():
         raise ViewerDataError(f"{path}: no such data folder")
-    if (path / "manifest.parquet").is_file():
+    if PreDir(path).exists():
         return PreprocessedSource(path)
     return CompetitionSource(path, cache_dir)
