@@ -1,15 +1,19 @@
 """RSNA Intracranial Aneurysm Detection: the submission kernel of the rsna-aneurysm kit.
 
 Thin on purpose: install the attached wheels offline, import the kit from the attached code dataset, build the
-predictor from the attached weights dataset, and hand ``predictor.predict`` to the competition's
-``RSNAInferenceServer`` (``serve()`` in the scored rerun, ``run_local_gateway()`` in an interactive run). Without
-``kaggle_evaluation`` (run here, off Kaggle) the kit's local gateway plays the server over a test folder.
+predictor from the attached weights dataset, and hand a plain ``predict(series_path)`` function (some releases of
+the relay refuse a bound method) to the competition's ``RSNAInferenceServer`` (``serve()`` in the scored rerun,
+``run_local_gateway()`` in an interactive run). Without ``kaggle_evaluation`` (run here, off Kaggle) the kit's local
+gateway plays the server over a test folder. The predictor's summary is logged every RSNA_SUMMARY_EVERY series
+(default 100): in the scored rerun ``serve()`` never returns.
 
 The datasets are found by their manifest files, not by slug, under the input root. Environment settings (all
 optional on Kaggle): RSNA_INPUT_ROOT (default /kaggle/input), RSNA_WORK_DIR (/kaggle/working), RSNA_TEST_DATA
 (local gateway: a DATA folder with test/, or a test folder), RSNA_SUBMISSION (local gateway output),
-RSNA_SHARE_ROOT (share folder of the local gateway and the predictor), RSNA_PREDICTOR_OVERRIDES (JSON object of
-predictor settings, e.g. '{"budget.total_seconds": 32400}'), RSNA_SKIP_INSTALL=1 (use the kit already installed).
+RSNA_SHARE_ROOT (share folder of the local gateway and the predictor; ignored, with a warning, when
+kaggle_evaluation is present: then only the gateway's /kaggle/shared is ever deleted), RSNA_PREDICTOR_OVERRIDES
+(JSON object of predictor settings, e.g. '{"budget.total_seconds": 32400}'), RSNA_SUMMARY_EVERY (0: only at the
+end), RSNA_SKIP_INSTALL=1 (use the kit already installed).
 """
 
 from __future__ import annotations
@@ -77,14 +81,6 @@ def main() -> None:
     manifests = find("rsna_weights.json")
     if not manifests:
         raise SystemExit(f"no rsna_weights.json under {INPUT}: attach the weights dataset")
-    overrides = json.loads(os.environ.get("RSNA_PREDICTOR_OVERRIDES", "{}"))
-    if os.environ.get("RSNA_SHARE_ROOT"):
-        overrides.setdefault("share_root", os.environ["RSNA_SHARE_ROOT"])
-    # Time already spent (start-up, installs) counts against the run-time limit.
-    overrides.setdefault("budget.elapsed_at_start", time.time() - START)
-    predictor = Predictor.from_weights(manifests[0].parent, overrides=overrides)  # models load in the first predict
-    log.info("rsna_aneurysm %s from %s; weights %s", rsna_aneurysm.__version__, rsna_aneurysm.__file__,
-             manifests[0].parent)
 
     for comp in find("__init__.py", parent="kaggle_evaluation"):
         sys.path.append(str(comp.parent.parent))
@@ -92,8 +88,33 @@ def main() -> None:
         import kaggle_evaluation.rsna_inference_server as rsna_server
     except ImportError:
         rsna_server = None
+
+    from rsna_aneurysm.infer.gateway import kernel_share_root
+
+    overrides = json.loads(os.environ.get("RSNA_PREDICTOR_OVERRIDES", "{}"))
+    share, warnings = kernel_share_root(rsna_server is not None, os.environ.get("RSNA_SHARE_ROOT"),
+                                        overrides.get("share_root"), WORK)
+    for w in warnings:
+        log.warning("%s", w)
+    overrides["share_root"] = share
+    # Time already spent (start-up, installs) counts against the run-time limit.
+    overrides.setdefault("budget.elapsed_at_start", time.time() - START)
+    predictor = Predictor.from_weights(manifests[0].parent, overrides=overrides)  # models load in the first predict
+    log.info("rsna_aneurysm %s from %s; weights %s; share folder %s", rsna_aneurysm.__version__,
+             rsna_aneurysm.__file__, manifests[0].parent, share)
+    every = int(os.environ.get("RSNA_SUMMARY_EVERY", "100"))
+
+    def predict(series_path: str):
+        """The server's endpoint: a plain function (not a bound method); logs the summary every ``every`` series."""
+        row = predictor.predict(series_path)
+        try:
+            predictor.log_summary(every)
+        except Exception as e:  # noqa: BLE001 - reporting must never cost a row
+            log.warning("summary failed: %s", e)
+        return row
+
     if rsna_server is not None:
-        server = rsna_server.RSNAInferenceServer(predictor.predict)
+        server = rsna_server.RSNAInferenceServer(predict)
         if os.getenv("KAGGLE_IS_COMPETITION_RERUN"):
             server.serve()
         else:
@@ -104,12 +125,11 @@ def main() -> None:
         test_data = os.environ.get("RSNA_TEST_DATA")
         if not test_data:
             raise SystemExit("no kaggle_evaluation here: set RSNA_TEST_DATA to a test folder for the local gateway")
-        result = run_gateway(predictor.predict, test_data, share_root=os.environ.get("RSNA_SHARE_ROOT"),
+        result = run_gateway(predict, test_data, share_root=share,
                              out_path=os.environ.get("RSNA_SUBMISSION", str(WORK / "submission.parquet")))
         print(result.summary())
     print("predictor summary: " + json.dumps({k: v for k, v in predictor.summary().items() if k != "config"},
                                              default=str))
-
 
 if __name__ == "__main__":
     main()

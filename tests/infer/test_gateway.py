@@ -242,3 +242,33 @@ def test_constant_predictor_and_spec_loading(tmp_path: Path, monkeypatch: pytest
                       ("no_such_module_xyz:f", "cannot import"), (f"{tmp_path}/missing.py:f", "does not exist")):
         with pytest.raises(PredictorSpecError, match=msg):
             load_predictor(spec)
+
+
+def test_kernel_share_root_is_the_competition_gateways_folder(tmp_path: Path):
+    from rsna_aneurysm.infer.gateway import DEFAULT_SHARE_ROOT, kernel_share_root
+
+    # With kaggle_evaluation present, RSNA_SHARE_ROOT and an override are ignored, with a warning each.
+    root, warnings = kernel_share_root(True, env_root=str(tmp_path / "mine"), override=str(tmp_path / "other"))
+    assert root == DEFAULT_SHARE_ROOT == "/kaggle/shared"
+    assert len(warnings) == 2 and all("ignoring" in w and "/kaggle/shared" in w for w in warnings)
+    assert kernel_share_root(True, env_root="/kaggle/shared") == ("/kaggle/shared", [])
+    # Off Kaggle the predictor and the local gateway share one folder: RSNA_SHARE_ROOT, else the override...
+    assert kernel_share_root(False, env_root=str(tmp_path / "mine"))[0] == str(tmp_path / "mine")
+    root, warnings = kernel_share_root(False, env_root=str(tmp_path / "mine"), override=str(tmp_path / "other"))
+    assert root == str(tmp_path / "mine") and len(warnings) == 1
+    assert kernel_share_root(False, override=str(tmp_path / "other"))[0] == str(tmp_path / "other")
+    # ...else a fresh empty folder under the working folder, never /kaggle/shared.
+    root, warnings = kernel_share_root(False, work_dir=tmp_path / "work")
+    assert Path(root).parent == tmp_path / "work" and Path(root).is_dir() and not any(Path(root).iterdir())
+    assert not warnings
+
+
+def test_the_local_gateway_runs_with_the_kernels_share_folder(tmp_path: Path):
+    from rsna_aneurysm.infer.gateway import kernel_share_root
+
+    data = make_test_layout(tmp_path / "data")
+    share, _ = kernel_share_root(False, work_dir=tmp_path / "work")
+    rec = Recorder(Path(share))
+    result = run_gateway(rec, data, share_root=share, seed=1, out_path=None)
+    assert result.ok and not any(c.left_share for c in result.calls)
+    assert all(p.startswith(share) for p, _ in rec.seen)

@@ -214,3 +214,93 @@ def test_predict_command_prints_rows_timing_and_decisions(tmp_path: Path, capsys
     assert {"read_s", "preprocess_s", "model_s", "aggregate_s", "total_s"} <= set(row["timing_s"])
     assert main(["predict", "--weights", str(run), str(tmp_path / "missing"), "--compact"]) == 1
     assert "fallback" in capsys.readouterr().out
+
+
+def test_a_series_past_its_time_limit_becomes_a_counted_fallback_row(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    run = make_weights(tmp_path / "run", patch=16)
+    prevalence = json.loads((run / "prevalence.json").read_text())
+    series = tmp_path / "s"
+    make_series(series, SeriesSpec(preset="tiny", test_tags_only=True), series_uid="1.2.3.11", keep_volume=False)
+    clock = SlowClock()
+    cfg = PredictorConfig(share_root=str(tmp_path / "share"), tta_flip=False, use_budget=False,
+                          budget=BudgetConfig(max_series_seconds=120.0))
+    cfg.window.batch_size = 1  # one window per forward pass: a deadline check after each
+    predictor = Predictor.from_weights(run, cfg, clock=clock)
+    predictor.load()
+    real = predictor.pipeline.inferer
+    batches: list[int] = []
+
+    def slow_inferer(model, array, mask=None, on_batch=None):
+        def tick(n: int) -> None:  # every window costs 50 simulated seconds
+            batches.append(n)
+            clock.t += 50.0 * n
+            if on_batch is not None:
+                on_batch(n)
+
+        return real(model, array, mask=mask, on_batch=tick)
+
+    predictor.pipeline.inferer = slow_inferer
+    caplog.set_level(logging.WARNING, logger="rsna_aneurysm.infer.predictor")
+    row = predictor.predict(str(series))
+    values, problems = check_prediction(row, "s")
+    assert not problems and values == pytest.approx([prevalence[c] for c in LABEL_COLS])
+    assert predictor.n_timeouts == 1 and predictor.n_fallback == 1 and predictor.n_predicted == 0
+    assert "time limit 120.0 s" in predictor.fallback_reasons[0][1]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("s: fallback row") and "SeriesTimeout" in m for m in msgs)
+    assert len(batches) == 3 and clock.t == pytest.approx(150.0)  # cut after the third window, not run to the end
+    assert predictor.summary()["timeouts"] == 1
+    # With a limit the series fits in, the same series goes through the model.
+    predictor.cfg.budget.max_series_seconds = 1e9
+    batches.clear()
+    predictor.predict(str(series))
+    assert predictor.n_predicted == 1 and len(batches) > 3
+
+
+def test_budget_planner_learns_from_a_timeout(tmp_path: Path) -> None:
+    run = make_weights(tmp_path / "run", patch=16)
+    series = tmp_path / "s"
+    make_series(series, SeriesSpec(preset="tiny", test_tags_only=True), series_uid="1.2.3.12", keep_volume=False)
+    clock = SlowClock()
+    budget = BudgetConfig(total_seconds=1e6, expected_series=10, safety_seconds=0.0, max_series_seconds=30.0)
+    cfg = PredictorConfig(share_root=str(tmp_path / "share"), tta_flip=False, budget=budget)
+    predictor = Predictor.from_weights(run, cfg, clock=clock)
+    predictor.load()
+    real = predictor.pipeline.inferer
+
+    def slow_inferer(model, array, mask=None, on_batch=None):
+        def tick(n: int) -> None:
+            clock.t += 20.0 * n
+            on_batch(n)
+
+        return real(model, array, mask=mask, on_batch=tick)
+
+    predictor.pipeline.inferer = slow_inferer
+    predictor.predict(str(series))
+    assert predictor.n_timeouts == 1 and predictor.planner.n_timeouts == 1 and predictor.planner.n_done == 1
+    assert predictor.planner.estimate(predictor.levels[0]) >= 30.0  # the overrun is what it learnt
+
+
+@pytest.mark.parametrize("broken", ["finder", "finder-and-config"])
+def test_corrupt_stage_one_uses_the_fallback_region_not_fallback_rows(tmp_path: Path, broken: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    run = _helper.add_region(make_weights(tmp_path / "run", patch=16))
+    (run / "region" / "finder.pt").write_bytes(b"not a checkpoint")
+    if broken == "finder-and-config":
+        (run / "region" / "region.json").write_text("{not json")
+    test = _test_layout(tmp_path / "test", {k: GEOMETRIES[k] for k in ("cta-axial", "mra-coronal")})
+    predictor = _predictor(run, tmp_path / "share")
+    assert predictor.two_stage
+    caplog.set_level(logging.ERROR, logger="rsna_aneurysm.infer.pipeline")
+    result = run_gateway(predictor.predict, test, share_root=tmp_path / "share", seed=0, out_path=None)
+    assert result.ok, result.summary()
+    assert predictor.n_fallback == 0 and predictor.n_predicted == 2, predictor.fallback_reasons
+    assert {r["region_source"] for r in predictor.records} == {"fallback"}
+    assert any("stage one could not be loaded" in r.getMessage() for r in caplog.records)
+    summary = predictor.summary()
+    assert summary["region_fallbacks"] == 2 and "region_error" in summary
+    if broken == "finder-and-config":
+        from rsna_aneurysm.region.finder import RegionConfig
+
+        assert predictor.pipeline.locator.cfg == RegionConfig()

@@ -46,7 +46,8 @@ def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path, pipelin
     env = {**os.environ, "RSNA_INPUT_ROOT": str(staging / "datasets"), "RSNA_WORK_DIR": str(work),
            "RSNA_TEST_DATA": str(test), "RSNA_SUBMISSION": str(work / "submission.parquet"),
            "RSNA_SHARE_ROOT": str(tmp_path / "share"),
-           "RSNA_PREDICTOR_OVERRIDES": json.dumps({"budget.total_seconds": 3600})}
+           "RSNA_PREDICTOR_OVERRIDES": json.dumps({"budget.total_seconds": 3600, "budget.expected_series": 3}),
+           "RSNA_SUMMARY_EVERY": "1"}
     env.pop("RSNA_SKIP_INSTALL", None)
     env.pop("KAGGLE_IS_COMPETITION_RERUN", None)
     code = staging / "kernels" / "rsna-aneurysm-submit" / "submit.py"
@@ -65,7 +66,8 @@ def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path, pipelin
     assert sub.columns == [ID_COL, *LABEL_COLS]
     assert sorted(sub[ID_COL].to_list()) == sorted(pl.read_csv(test / "test.csv")[ID_COL].to_list())
     summary = json.loads(out.split("predictor summary: ", 1)[1].splitlines()[0])
-    assert summary["predicted"] == 3 and summary["fallback"] == 0
+    assert summary["predicted"] == 3 and summary["fallback"] == 0 and summary["timeouts"] == 0, summary
+    assert all(f"predictor summary after {n} series" in out for n in (1, 2, 3))
     assert summary["pipeline"] == pipeline
     if pipeline == "two-stage":
         assert {"region.json", "region_finder.pt", "region_atlas.parquet"} <= {
@@ -75,12 +77,14 @@ def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path, pipelin
 
 
 FAKE_SERVER = """
-import json, os
+import inspect, json, os
 from pathlib import Path
 
 
 class RSNAInferenceServer:
     def __init__(self, predict):
+        if not inspect.isfunction(predict):  # what one release of the competition relay says
+            raise ValueError("Endpoint listeners passed to serve must be functions")
         self.predict = predict
 
     def _run(self, how):
@@ -105,17 +109,31 @@ def test_kernel_hands_the_predictor_to_the_competition_server(tmp_path: Path) ->
     (comp / "__init__.py").write_text("")
     (comp / "rsna_inference_server.py").write_text(FAKE_SERVER)
     series = tmp_path / "series"
-    make_series(series / "a", SeriesSpec(preset="tiny", test_tags_only=True), series_uid="1.2.3", keep_volume=False)
+    for n in range(3):
+        make_series(series / f"s{n}", SeriesSpec(preset="tiny", test_tags_only=True), series_uid=f"1.2.3.{n}",
+                    keep_volume=False)
+    decoy = tmp_path / "share"  # RSNA_SHARE_ROOT: not the gateway's folder, so the predictor must leave it alone
+    (decoy / "keep").mkdir(parents=True)
     work = tmp_path / "working"
     work.mkdir()
     env = {**os.environ, "RSNA_INPUT_ROOT": str(staging / "datasets"), "RSNA_WORK_DIR": str(work),
            "FAKE_SERIES_ROOT": str(series), "KAGGLE_IS_COMPETITION_RERUN": "1", "RSNA_SKIP_INSTALL": "1",
-           "RSNA_SHARE_ROOT": str(tmp_path / "share")}
+           "RSNA_SHARE_ROOT": str(decoy), "RSNA_SUMMARY_EVERY": "2",
+           "RSNA_PREDICTOR_OVERRIDES": json.dumps({"tta_flip": False})}
     code = staging / "kernels" / "rsna-aneurysm-submit" / "submit.py"
     proc = subprocess.run([sys.executable, str(code)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
     got = json.loads((work / "fake_server.json").read_text())
-    assert got["how"] == "serve" and len(got["rows"]) == 1 and len(got["rows"][0]) == len(LABEL_COLS)
+    assert got["how"] == "serve" and len(got["rows"]) == 3 and len(got["rows"][0]) == len(LABEL_COLS)
+    # Only the gateway's share folder is the predictor's; RSNA_SHARE_ROOT is ignored, with a warning.
+    assert f"ignoring RSNA_SHARE_ROOT '{decoy}'" in out and "share folder /kaggle/shared" in out
+    assert (decoy / "keep").is_dir()
+    # The summary is logged while serve() runs (it never returns in the scored rerun): after series 2, not 1 or 3.
+    assert "predictor summary after 2 series: " in out
+    assert "predictor summary after 1 series" not in out and "predictor summary after 3 series" not in out
+    logged = json.loads(out.split("predictor summary after 2 series: ", 1)[1].splitlines()[0])
+    assert logged["predicted"] + logged["fallback"] == 2 and "config" not in logged
 
 
 def test_kernel_code_file_says_what_is_missing(tmp_path: Path) -> None:

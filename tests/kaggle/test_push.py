@@ -104,6 +104,11 @@ def _break(staging: Path, how: str) -> None:
         meta = json.loads(path.read_text())
         meta["enable_internet"] = True
         path.write_text(json.dumps(meta))
+    elif how == "kaggle.json in a dataset":
+        token = {"username": OWNER, "key": "0123456789abcdef"}
+        (staging / "datasets" / "rsna-aneurysm-weights" / "kaggle.json").write_text(json.dumps(token))
+    elif how == "key in the kernel folder":
+        (staging / "kernels" / "rsna-aneurysm-submit" / "id_rsa").write_text("secret")
     elif how == "placeholder left":
         path = staging / "datasets" / "rsna-aneurysm-wheels" / "dataset-metadata.json"
         path.write_text(path.read_text().replace(OWNER, "{{owner}}"))
@@ -112,7 +117,9 @@ def _break(staging: Path, how: str) -> None:
 @pytest.mark.parametrize("how,expect", [("short slug", "must be 6 to 50 characters"),
                                         ("missing code file", "does not exist"),
                                         ("internet on", "enable_internet must be false"),
-                                        ("placeholder left", "unfilled placeholder")])
+                                        ("placeholder left", "unfilled placeholder"),
+                                        ("kaggle.json in a dataset", "kaggle.json looks like a credentials file"),
+                                        ("key in the kernel folder", "id_rsa looks like a credentials file")])
 def test_bad_metadata_is_refused_before_any_upload(staged: Path, tmp_path: Path, server, how: str, expect: str,
                                                    capsys: pytest.CaptureFixture) -> None:
     staging = _copy(staged, tmp_path)
@@ -149,3 +156,14 @@ def test_output_reading() -> None:
                                             "is being created")
     assert output_error(0, "something unexpected", "is being created").startswith("no 'is being created'")
     assert output_error(1, "403 Client Error: Forbidden", "x").startswith("exit code 1")
+
+
+@pytest.mark.parametrize("name,content", [("kaggle.json", "{}"), ("settings.json", '{"username": "u", "key": "k"}'),
+                                          (".env", "KAGGLE_KEY=1")])
+def test_dry_run_refuses_credentials_in_the_staging_folder(staged: Path, tmp_path: Path, name: str, content: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    staging = _copy(staged, tmp_path)
+    (staging / "datasets" / "rsna-aneurysm-code" / name).write_text(content)
+    assert main(["push", "--dir", str(staging), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert f"{name} looks like a credentials file" in err

@@ -6,7 +6,13 @@ learns the time per series as it goes (a fixed overhead plus model time proporti
 cost), so every level is priced from what was measured at any of them. When no level fits every remaining series
 it still runs the cheapest one while a single slow run of it leaves room for fallback rows for all the rest, and
 only then answers fallback rows (the training prevalence). Stepping back up needs 15 % of slack, so the level
-does not flicker.
+does not flicker, and a dearer level is only taken back when even a bad run of it leaves time for the rest.
+
+More series than expected: the planner always keeps time for ``surplus_fraction`` x ``expected_series`` more series
+at the cheapest level (and, past that, for ``series_margin`` x ``expected_series`` more), so a test set twice the
+expected size degrades the level early instead of ending in fallback rows. Per series it also gives the time one
+series may take (:meth:`BudgetPlanner.series_limit`: ``max_series_seconds``, or less when the time left is short);
+the predictor's :class:`Deadline` turns an overrun into a fallback row (:class:`SeriesTimeout`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ class BudgetConfig:
     elapsed_at_start: float = 0.0  # seconds of the limit already spent when the predictor is built
     fallback_seconds: float = 0.5  # time a fallback row costs (deleting the share folder, logging)
     estimate_margin: float = 0.1  # a level's estimate is its mean time times (1 + this)
-    max_series_seconds: float = 1500.0  # never plan a level slower than this per series (30 min gateway limit)
+    max_series_seconds: float = 1500.0  # one series may take at most this (30 min gateway limit); then a fallback row
+    surplus_fraction: float = 1.0  # keep time for this fraction of expected_series more series at the cheapest level
     step_up_slack: float = 1.15  # a more expensive level is taken back only when it fits this many times over
     spacing_steps: tuple[float, ...] = (1.5, 2.0)  # coarser spacing factors tried after one fold without TTA
 
@@ -50,6 +57,34 @@ class CostLevel:
     def relative_cost(self) -> float:
         """Model cost relative to one fold, no TTA, native spacing (voxels scale with 1 / spacing^3)."""
         return (2 if self.tta else 1) * self.n_folds / self.spacing_scale ** 3
+
+
+class SeriesTimeout(RuntimeError):
+    """A series ran past its time limit (raised by :meth:`Deadline.check`; the predictor answers a fallback row)."""
+
+
+class Deadline:
+    """A cooperative per-series time limit: ``check(step)`` between steps raises :class:`SeriesTimeout` once the
+    limit has passed (Python cannot stop a running thread, so a single long step is only cut after it ends)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.start = clock()
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    @property
+    def left(self) -> float:
+        return self.seconds - self.elapsed
+
+    def check(self, step: str) -> None:
+        """Raise :class:`SeriesTimeout` when the limit has passed (``step``: what just finished, for the reason)."""
+        spent = self.elapsed
+        if spent > self.seconds:
+            raise SeriesTimeout(f"series time limit {self.seconds:.1f} s passed after {step} ({spent:.1f} s)")
 
 
 def build_ladder(tta: bool, n_folds: int, spacing_steps: tuple[float, ...] = (1.5, 2.0)) -> list[CostLevel]:
@@ -119,6 +154,7 @@ class BudgetPlanner:
         self.current = 0  # index into levels of the last choice
         self.n_done = 0
         self.n_fallback = 0
+        self.n_timeouts = 0
         self.n_by_level: dict[str, int] = {lvl.name: 0 for lvl in self.levels}
         self.steps: list[tuple[int, str, str]] = []  # (series index, from, to) whenever the level changes
 
@@ -139,6 +175,16 @@ class BudgetPlanner:
         planned = math.ceil(self.cfg.expected_series * (1.0 + self.cfg.series_margin))
         return max(planned - self.n_done, 1)
 
+    @property
+    def surplus_series(self) -> int:
+        """Series beyond the planned ones that the planner keeps cheapest-level time for: up to ``surplus_fraction``
+        x expected more, and never fewer than ``series_margin`` x expected (the count is approximate)."""
+        cfg = self.cfg
+        planned = math.ceil(cfg.expected_series * (1.0 + cfg.series_margin))
+        cap = math.ceil(cfg.expected_series * (1.0 + cfg.series_margin + max(cfg.surplus_fraction, 0.0)))
+        floor = math.ceil(cfg.expected_series * max(cfg.series_margin, 0.0))
+        return max(cap - max(self.n_done, planned), floor, 0)
+
     # -- estimates ---------------------------------------------------------------------------------------------
     def estimate(self, level: CostLevel) -> float | None:
         """Expected seconds per series at ``level``, with the margin (None while nothing has been measured)."""
@@ -146,49 +192,70 @@ class BudgetPlanner:
         return None if raw is None else raw * (1.0 + self.cfg.estimate_margin)
 
     def worst_case(self, level: CostLevel) -> float | None:
-        """A pessimistic time for one series at ``level``: the estimate times the worst recent surprise."""
+        """A pessimistic time for one series at ``level``: the estimate times the worst recent surprise, at most the
+        per-series limit (the deadline cuts a series there)."""
         est = self.estimate(level)
         if est is None:
             return None
-        return est * max([1.0, *self.times.ratios]) if self.times.ratios else 2.0 * est
+        worst = est * max([1.0, *self.times.ratios]) if self.times.ratios else 2.0 * est
+        return min(worst, max(self.cfg.max_series_seconds, est))
+
+    def series_limit(self) -> float:
+        """Seconds the next series may take: ``max_series_seconds``, or less when that would leave no time for a
+        fallback row for it and each series still expected (planned and surplus)."""
+        rows = self.remaining_series + self.surplus_series  # this one (if it is cut) and the others
+        left = self.time_left + self.cfg.safety_seconds * 0.5  # a series may dip into half of the reserve
+        return max(min(self.cfg.max_series_seconds, left - self.cfg.fallback_seconds * rows), 0.0)
 
     # -- decisions ---------------------------------------------------------------------------------------------
+    def _fits(self, idx: int, current: int, left: float, remaining: int, surplus: int) -> bool:
+        """Whether level ``idx`` for every planned series still expected (and the cheapest for the surplus) fits."""
+        level = self.levels[idx]
+        est = self.estimate(level)
+        if est is None or est > self.cfg.max_series_seconds:
+            return False
+        cheapest = self.estimate(self.levels[-1]) or est
+        reserve = cheapest * surplus
+        slack = self.cfg.step_up_slack if idx < current else 1.0
+        if est * remaining * slack + reserve > left:
+            return False
+        if idx < current:  # a step up: even a bad run of it must leave the cheapest level for the rest
+            worst = self.worst_case(level) or est
+            if worst + cheapest * (remaining - 1) + reserve > left:
+                return False
+        return True
+
     def choose(self) -> CostLevel | None:
         """The level for the next series, or None when only a fallback row fits."""
         left = self.time_left
         remaining = self.remaining_series
+        surplus = self.surplus_series
         choice: int | None = None
         current = self.current if self.current >= 0 else len(self.levels)  # fallback ranks below every level
-        for idx, level in enumerate(self.levels):
-            est = self.estimate(level)
-            if est is None:  # nothing measured yet: start at the top, the first run will tell
-                choice = idx
-                break
-            if est > self.cfg.max_series_seconds:
-                continue
-            slack = self.cfg.step_up_slack if idx < current else 1.0
-            if est * remaining * slack <= left:
-                choice = idx
-                break
-        if choice is None:
+        if self.estimate(self.levels[0]) is None:  # nothing measured yet: start at the top, the first run will tell
+            choice = 0
+        else:
+            choice = next((i for i in range(len(self.levels)) if self._fits(i, current, left, remaining, surplus)),
+                          None)
+        if choice is None and self.estimate(self.levels[-1]) is not None:
             # Nothing fits every remaining series: run the cheapest while one slow run of it still leaves room for
             # fallback rows for all the others.
             cheapest = len(self.levels) - 1
             worst = self.worst_case(self.levels[cheapest])
-            if worst is not None and worst + self.cfg.fallback_seconds * (remaining - 1) <= left:
+            if worst is not None and worst + self.cfg.fallback_seconds * (remaining - 1 + surplus) <= left:
                 choice = cheapest
         if choice is None:
             if self.current != -1:
                 self.steps.append((self.n_done, self._name(self.current), "fallback"))
                 log.warning("time budget: %.0f s left for about %d series; answering fallback rows from now",
-                            left, remaining)
+                            left, remaining + surplus)
             self.current = -1
             return None
         if choice != self.current:
             self.steps.append((self.n_done, self._name(self.current), self.levels[choice].name))
             if self.n_done:
                 log.info("time budget: %s -> %s (%.0f s left for about %d series)", self._name(self.current),
-                         self.levels[choice].name, left, remaining)
+                         self.levels[choice].name, left, remaining + surplus)
         self.current = choice
         return self.levels[choice]
 
@@ -203,13 +270,21 @@ class BudgetPlanner:
         self.n_fallback += 1
         self.n_done += 1
 
+    def record_timeout(self, level: CostLevel, seconds: float) -> None:
+        """Report that a series at ``level`` ran past its limit after ``seconds`` (a fallback row); the time model
+        learns from it (a lower bound of what the level costs now)."""
+        self.times.add(level, float(seconds), None)
+        self.n_timeouts += 1
+        self.record_fallback()
+
     def _name(self, idx: int) -> str:
         return "fallback" if idx == -1 else self.levels[idx].name
 
     def summary(self) -> dict:
         """Counts, time spent and the level changes so far (logged at the end of a run)."""
         return {
-            "series": self.n_done, "fallback": self.n_fallback, "by_level": dict(self.n_by_level),
+            "series": self.n_done, "fallback": self.n_fallback, "timeouts": self.n_timeouts,
+            "by_level": dict(self.n_by_level),
             "elapsed_s": round(self.elapsed, 1), "time_left_s": round(self.time_left, 1),
             "steps": [{"at_series": i, "from": a, "to": b} for i, a, b in self.steps],
             "estimates_s": {lvl.name: (None if (e := self.estimate(lvl)) is None else round(e, 3))

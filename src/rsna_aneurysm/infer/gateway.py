@@ -144,6 +144,32 @@ def default_share_root() -> Path | None:
     return Path(DEFAULT_SHARE_ROOT) if Path("/kaggle").is_dir() else None
 
 
+def kernel_share_root(competition_server: bool, env_root: str | None = None, override: str | None = None,
+                      work_dir: str | Path | None = None) -> tuple[str, list[str]]:
+    """The one share folder the kernel's predictor may delete, and warnings about settings it ignored.
+
+    With the competition's server (``kaggle_evaluation`` present) that is the folder its gateway shares series
+    under, ``/kaggle/shared``, whatever ``RSNA_SHARE_ROOT`` (``env_root``) or a ``share_root`` override say: a
+    different folder would be deleted after every call while the gateway's filled the disk. Without it the kit's
+    local gateway runs, and predictor and gateway get the same folder: ``env_root``, else ``override``, else a fresh
+    folder under ``work_dir`` (never ``/kaggle/shared`` by default)."""
+    warnings: list[str] = []
+    if competition_server:
+        for what, value in (("RSNA_SHARE_ROOT", env_root), ("the share_root override", override)):
+            if value and os.path.abspath(value) != DEFAULT_SHARE_ROOT:
+                warnings.append(f"ignoring {what} {value!r}: the competition gateway shares series under "
+                                f"{DEFAULT_SHARE_ROOT}, the only folder the predictor deletes")
+        return DEFAULT_SHARE_ROOT, warnings
+    if override and env_root and os.path.abspath(override) != os.path.abspath(env_root):
+        warnings.append(f"ignoring the share_root override {override!r}: the local gateway shares under "
+                        f"RSNA_SHARE_ROOT {env_root!r}")
+    if env_root or override:
+        return str(env_root or override), warnings
+    base = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="rsna_shared_", dir=base), warnings
+
+
 def shared_path(path: str | Path, share_root: str | Path) -> Path:
     """Where ``path`` appears under the share root: ``<share_root>/<absolute path without its anchor>``."""
     p = Path(os.path.abspath(path))

@@ -28,10 +28,17 @@ import polars as pl
 
 from ..config import from_dict, require
 from ..constants import LABEL_COLS, LOCATION_COLS
-from ..layout import RunDir, read_labels
-from ..region.finder import RegionBox
+from ..layout import REGION_FILES, RunDir, read_labels, region_files
+from ..region.finder import RegionBox, RegionConfig, RegionLocator
 from ..region.geometry import Grid
-from ..region.stage_one import LocationAtlas, crop_region, has_region, load_region
+from ..region.stage_one import (
+    LocationAtlas,
+    RegionStage,
+    crop_region,
+    fold_region_dir,
+    has_region,
+    load_region,
+)
 from ..volume import Volume
 from .aggregate import AggregateConfig
 from .budget import BudgetConfig
@@ -163,6 +170,30 @@ def preprocess_config(meta: dict[str, Any], spacing_mm: float) -> Any:
     return dataclasses.replace(cfg, spacing=(spacing_mm,) * 3, write_nifti=False)
 
 
+def fallback_region_stage(run_dir: str | Path, sigma_mm: float, prior: np.ndarray | None,
+                          fold: int | None = None) -> RegionStage:
+    """Stage one without its finder (every box the head-geometry fallback), for when ``load_region`` failed: the
+    region settings when ``region.json`` still reads (else the defaults) and the atlas when it still reads (else
+    none)."""
+    files = region_files(run_dir) or {}
+    if fold is not None and (fold_region_dir(run_dir, fold) / REGION_FILES["config"]).is_file():
+        files = {k: fold_region_dir(run_dir, fold) / v for k, v in REGION_FILES.items() if k != "metrics"}
+    cfg, atlas = RegionConfig(), None
+    config, atlas_path = files.get("config"), files.get("atlas")
+    try:
+        if config is not None and config.is_file():
+            cfg = from_dict(RegionConfig, json.loads(config.read_text()))
+    except Exception as e:  # noqa: BLE001 - defaults are a usable fallback
+        log.warning("%s unreadable (%s: %s); default region settings", config, type(e).__name__, e)
+    try:
+        if atlas_path is not None and atlas_path.is_file():
+            atlas = LocationAtlas.read(atlas_path, sigma_mm, prior)
+    except Exception as e:  # noqa: BLE001 - without the atlas, locations come from the fine model's head
+        log.warning("%s unreadable (%s: %s); no location atlas", atlas_path, type(e).__name__, e)
+    source = config.parent if config is not None else Path(run_dir)
+    return RegionStage(RegionLocator(cfg, None), atlas, cfg, source)
+
+
 class ScanPipeline:
     """Fold models, sliding-window inferer and optional stage-one locator of one weights folder; see the module
     docstring. Construction only checks the folder; :meth:`load` (called by the first :meth:`predict`) builds the
@@ -193,6 +224,7 @@ class ScanPipeline:
         self.inferer: SlidingWindowInferer | None = None
         self.meta: dict[str, Any] = {}
         self.spacing_mm = float(self.cfg.spacing_mm or DEFAULT_SPACING_MM)
+        self.region_error: str | None = None  # why stage one could not be loaded (then: fallback boxes only)
 
     @property
     def name(self) -> str:
@@ -227,8 +259,15 @@ class ScanPipeline:
         self.inferer = SlidingWindowInferer(dataclasses.replace(self.cfg.window, roi_size=tuple(int(r) for r in roi)))
         if self.two_stage:
             prior = np.asarray(self.fallback_values)[[LABEL_COLS.index(c) for c in LOCATION_COLS]]
-            self.locator = load_region(self.run_dir, self.cfg.two_stage.atlas_sigma_mm, prior,
-                                       device=str(self.inferer.device), fold=self.region_fold)
+            try:
+                self.locator = load_region(self.run_dir, self.cfg.two_stage.atlas_sigma_mm, prior,
+                                           device=str(self.inferer.device), fold=self.region_fold)
+            except Exception as e:  # noqa: BLE001 - a broken stage one must not cost the intact fine model
+                self.region_error = f"{type(e).__name__}: {e}"
+                log.error("%s: stage one could not be loaded (%s); every series gets the head-geometry fallback "
+                          "region", self.run_dir, self.region_error)
+                self.locator = fallback_region_stage(self.run_dir, self.cfg.two_stage.atlas_sigma_mm, prior,
+                                                     self.region_fold)
         self.models = models
         log.info("loaded %d fold model(s) from %s in %.1f s (window %s at %.2f mm, device %s, %s pipeline)",
                  len(models), self.run_dir, time.perf_counter() - t0, roi, self.spacing_mm, self.inferer.device,
@@ -247,7 +286,8 @@ class ScanPipeline:
 
         ``n_folds``: the first so many fold models (the budget ladder's choice; default all); ``tta``: the mirrored
         pass (default: the ``tta_flip`` setting); ``spacing_scale``: run at a coarser spacing than the model's;
-        ``on_batch``: called with the number of windows of every forward pass (progress bars).
+        ``on_batch``: called with the number of windows of every forward pass (progress bars; the predictor's
+        per-series deadline check, whose exception ends the prediction).
         """
         self.load()
         t0 = self.clock()

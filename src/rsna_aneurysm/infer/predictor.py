@@ -11,11 +11,15 @@ pipeline (:class:`~.pipeline.ScanPipeline`, the same object out-of-fold predicti
 The predictor itself keeps only what a submission adds: the time-budget planner picks how much of the pipeline to
 run; a series that fails anywhere (or that the budget cannot afford) gets the fallback row, the training
 prevalence of each label, and a logged reason; the share folder is deleted after every call, as the competition
-requires.
+requires. Each series has a time limit (the planner's :meth:`~.budget.BudgetPlanner.series_limit`, at most
+``budget.max_series_seconds``): a cooperative :class:`~.budget.Deadline` is checked after reading, after
+preprocessing and after every sliding-window forward pass, and an overrun becomes a fallback row (counted in
+``n_timeouts``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -29,7 +33,7 @@ import polars as pl
 from ..config import load_config, to_dict
 from ..constants import LABEL_COLS
 from ..layout import RunDir
-from .budget import BudgetPlanner, CostLevel, build_ladder
+from .budget import BudgetPlanner, CostLevel, Deadline, SeriesTimeout, build_ladder
 from .pipeline import (
     PredictorConfig,
     ScanPipeline,
@@ -77,6 +81,7 @@ class Predictor:
         self.load_error: str | None = None
         self.n_predicted = 0
         self.n_fallback = 0
+        self.n_timeouts = 0
         self.fallback_reasons: list[tuple[str, str]] = []
         self.records: list[dict[str, Any]] = []  # per-series timing split and level
 
@@ -133,12 +138,21 @@ class Predictor:
                 level = self.planner.choose() if self.planner is not None else self.levels[0]
                 reason = "time budget exhausted" if level is None else ""
             if level is not None:
-                probs, rec = self._predict_series(series_path, level)
-                rec.update(series=uid, level=level.name, total_s=self.clock() - t_start)
-                self.records.append(rec)
-                if self.planner is not None:
-                    self.planner.record(level, rec["total_s"], rec["model_s"])
-                self.n_predicted += 1
+                deadline = Deadline(self.series_limit(), clock=self.clock)
+                try:
+                    probs, rec = self._predict_series(series_path, level, deadline)
+                except SeriesTimeout as e:
+                    self.n_timeouts += 1
+                    spent = self.clock() - t_start
+                    self._fallback(uid, f"SeriesTimeout: {e}", timed_out=(level, spent))
+                    probs = None
+                    _free_accelerator_memory()
+                else:
+                    rec.update(series=uid, level=level.name, total_s=self.clock() - t_start)
+                    self.records.append(rec)
+                    if self.planner is not None:
+                        self.planner.record(level, rec["total_s"], rec["model_s"])
+                    self.n_predicted += 1
             else:
                 self._fallback(uid, reason)
         except Exception as e:  # noqa: BLE001 - the kernel's per-series guard: a fallback row is the right answer
@@ -154,18 +168,27 @@ class Predictor:
 
     __call__ = predict
 
-    def _predict_series(self, series_path: str, level: CostLevel) -> tuple[list[float], dict[str, Any]]:
+    def series_limit(self) -> float:
+        """Seconds the next series may take: the planner's limit, or ``budget.max_series_seconds`` without it."""
+        return self.planner.series_limit() if self.planner is not None else self.cfg.budget.max_series_seconds
+
+    def _predict_series(self, series_path: str, level: CostLevel,
+                        deadline: Deadline | None = None) -> tuple[list[float], dict[str, Any]]:
         from ..io.dicom import load_series
         from ..preprocess.pipeline import preprocess_volume
 
         clock = self.clock
+        check = deadline.check if deadline is not None else (lambda step: None)
         t0 = clock()
         vol = load_series(series_path)
+        check("reading")
         t1 = clock()
         vol, mask = preprocess_volume(vol, self.pre_cfg[level.spacing_scale])
+        check("preprocessing")
         t2 = clock()
         res = self.pipeline.predict(vol, mask, n_folds=level.n_folds, tta=level.tta,
-                                    spacing_scale=level.spacing_scale, want_heatmap=self.cfg.heatmap_dir is not None)
+                                    spacing_scale=level.spacing_scale, want_heatmap=self.cfg.heatmap_dir is not None,
+                                    on_batch=lambda n: check("a model batch"))
         t3 = clock()
         if res.heatmap is not None:
             uid = str(vol.meta.get("series_uid") or Path(series_path).name)
@@ -180,12 +203,15 @@ class Predictor:
             rec["region_box_mm"] = [round(float(v), 1) for v in res.region.size_mm]
         return res.probs.tolist(), rec
 
-    def _fallback(self, uid: str, reason: str) -> None:
+    def _fallback(self, uid: str, reason: str, timed_out: tuple[CostLevel, float] | None = None) -> None:
         self.n_fallback += 1
         self.fallback_reasons.append((uid, reason))
         log.warning("%s: fallback row (training prevalence): %s", uid, reason)
         if self.planner is not None:
-            self.planner.record_fallback()
+            if timed_out is not None:
+                self.planner.record_timeout(*timed_out)
+            else:
+                self.planner.record_fallback()
 
     def _clear_share(self) -> None:
         """Delete the share folder (the competition's rule: the disk fills up otherwise)."""
@@ -210,6 +236,7 @@ class Predictor:
     def summary(self) -> dict[str, Any]:
         """Counts, fallback reasons, mean timing split and the budget planner's state."""
         out: dict[str, Any] = {"predicted": self.n_predicted, "fallback": self.n_fallback,
+                               "timeouts": self.n_timeouts,
                                "fallback_reasons": [f"{u}: {r}" for u, r in self.fallback_reasons[:20]]}
         if self.records:
             keys = ("read_s", "preprocess_s", "region_s", "model_s", "aggregate_s", "total_s")
@@ -217,7 +244,20 @@ class Predictor:
         if self.planner is not None:
             out["budget"] = self.planner.summary()
         out["pipeline"] = self.pipeline.name
+        if self.pipeline.region_error:
+            out["region_error"] = self.pipeline.region_error
         if self.two_stage and self.records:
             out["region_fallbacks"] = sum(r.get("region_source") == "fallback" for r in self.records)
         out["config"] = to_dict(self.cfg)
         return out
+
+    def log_summary(self, every: int = 0) -> bool:
+        """Log the summary (without the settings) as one JSON line; with ``every`` > 0 only after every ``every``-th
+        series (the scored rerun's ``serve()`` never returns, so a summary at the end is never seen). True if
+        logged."""
+        done = self.n_predicted + self.n_fallback
+        if every > 0 and (done == 0 or done % every):
+            return False
+        brief = {k: v for k, v in self.summary().items() if k != "config"}
+        log.info("predictor summary after %d series: %s", done, json.dumps(brief, default=str))
+        return True

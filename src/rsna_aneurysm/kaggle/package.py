@@ -12,6 +12,12 @@ kernels/<kernel_slug>/    submit.py (the thin code file), kernel-metadata.json
 Every file sits at the top of its dataset (``kaggle datasets create`` skips folders). The metadata comes from the
 templates in the repository's ``datasets/`` and ``kernels/`` with ``{{owner}}`` and the slugs filled in from the
 settings; nothing about the owner is hard-coded and no credential is read.
+
+What is uploaded is checked (:mod:`.safety`): the kit wheel is built from an allow-listed copy of the package (its
+``*.py`` files and the JSON configs in ``configs/``) and its file list checked after the build; a credential-like
+file (``kaggle.json``, ``*.pem``, ``.env``, ``id_rsa``..., JSON with ``key`` and ``username``) anywhere in the output
+stops packaging; absolute paths of the training machine in ``config.json``, ``region.json`` and the checkpoints'
+metadata are reduced to their last component (checkpoints are then re-saved with the same tensors).
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ from typing import Any
 
 from .. import __version__
 from ..io.atomic import atomic_write_text
+from .safety import (
+    copy_json_stripped,
+    credential_json,
+    credential_name,
+    find_credentials,
+    rewrite_checkpoint,
+    wheel_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +137,15 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
     if missing or not chosen:
         raise PackageError(f"{run_dir}: no {checkpoint} checkpoint for fold(s) {missing or chosen}; "
                            f"found {list(found)}")
+    stripped: list[str] = []
     for fold in chosen:
-        shutil.copy2(found[fold], dest / RunDir.flat_checkpoint_name(fold))
+        try:
+            stripped += rewrite_checkpoint(found[fold], dest / RunDir.flat_checkpoint_name(fold))
+        except Exception as e:  # noqa: BLE001 - an unreadable checkpoint must not be shipped
+            raise PackageError(f"{found[fold]}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     run_cfg: dict[str, Any] = {}
     if run.config.is_file():
-        shutil.copy2(run.config, staged.config)
+        stripped += copy_json_stripped(run.config, staged.config)
         run_cfg = json.loads(run.config.read_text())
     # Predictor settings: an explicit file, else the run's own, else the defaults (written out, so the kernel's
     # behaviour is visible in the dataset).
@@ -150,30 +168,77 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
     region = region_files(run_dir)  # two-stage run: stage one's files, flat (datasets hold no folders)
     if region is not None:
         for key, path in region.items():
-            if path.is_file():
-                shutil.copy2(path, dest / REGION_FLAT_FILES[key])
+            if not path.is_file():
+                continue
+            target = dest / REGION_FLAT_FILES[key]
+            if key == "config":
+                stripped += copy_json_stripped(path, target)
+            elif key == "finder":
+                try:
+                    stripped += rewrite_checkpoint(path, target)
+                except Exception as e:  # noqa: BLE001 - the kernel falls back to the head-geometry box
+                    log.warning("%s is not a readable checkpoint (%s); shipped as it is", path, e)
+                    shutil.copy2(path, target)
+            else:
+                shutil.copy2(path, target)
+    if stripped:
+        log.info("weights dataset: %d absolute local path(s) reduced to their last component (%s, ...)",
+                 len(stripped), stripped[0])
     manifest = {"run": run_dir.name, "folds": chosen, "checkpoint": checkpoint, "kit_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": sorted(p.name for p in dest.iterdir())}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "paths_stripped": len(stripped),
+                "files": sorted(p.name for p in dest.iterdir())}
     _write_json(dest / WEIGHTS_MANIFEST, manifest)
     return manifest
 
 
+def copy_package_allowed(pkg: Path, dest: Path) -> list[str]:
+    """Copy the kit's package (``src/rsna_aneurysm``) keeping only its ``*.py`` files and the config JSON files of
+    ``configs/``; returns what was left out (logged). A credential-like config stops packaging."""
+    skipped: list[str] = []
+    for path in sorted(p for p in pkg.rglob("*") if p.is_file()):
+        rel = path.relative_to(pkg)
+        if "__pycache__" in rel.parts or any(part.endswith(".egg-info") for part in rel.parts):
+            continue
+        keep = path.suffix == ".py" and not credential_name(path.name)
+        if rel.parent == Path("configs") and path.suffix == ".json":
+            if credential_name(path.name):
+                raise PackageError(f"{path}: a credentials file inside the kit's configs; move it out")
+            try:
+                data = json.loads(path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                data = None
+            if credential_json(data):
+                raise PackageError(f"{path}: holds credentials (key and username); move it out of the kit")
+            keep = isinstance(data, dict)
+        if not keep:
+            skipped.append(str(rel))
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / rel)
+    if skipped:
+        log.warning("kit wheel: left out %d file(s) not on the allow-list: %s", len(skipped), ", ".join(skipped[:10]))
+    return skipped
+
+
 def build_kit_wheel(source: Path, dest: Path) -> Path:
-    """Build the kit's wheel from a clean copy of the source tree (no stale ``build/`` leftovers) into ``dest``."""
+    """Build the kit's wheel from an allow-listed copy of the source tree (no stale ``build/`` leftovers, no stray
+    files) into ``dest``, then check the built wheel's file list."""
     with tempfile.TemporaryDirectory(prefix="rsna_wheel_") as tmp:
         tree = Path(tmp) / "src_tree"
         tree.mkdir()
         for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE"):
             if (source / name).is_file():
                 shutil.copy2(source / name, tree / name)
-        shutil.copytree(source / "src", tree / "src",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        copy_package_allowed(source / "src" / "rsna_aneurysm", tree / "src" / "rsna_aneurysm")
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                "-w", str(Path(tmp) / "out"), str(tree)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted((Path(tmp) / "out").glob("rsna_aneurysm-*.whl"))
         if proc.returncode != 0 or not wheels:
             raise PackageError(f"building the kit wheel failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        problems = wheel_problems(wheels[0])
+        if problems:
+            raise PackageError(f"{wheels[0].name}: refusing to ship:\n  " + "\n  ".join(problems))
         target = dest / wheels[0].name
         shutil.copy2(wheels[0], target)
     return target
@@ -243,6 +308,9 @@ def package(run_dir: str | Path, cfg: KaggleConfig, out_dir: str | Path = "build
     for part, meta in metas.items():
         name = "kernel-metadata.json" if part == "kernel" else "dataset-metadata.json"
         _write_json(folders[part] / name, meta)
+    secrets = [f"{part}: {rel}" for part, folder in folders.items() for rel in find_credentials(folder)]
+    if secrets:
+        raise PackageError("credential-like files in what would be uploaded (remove them):\n  " + "\n  ".join(secrets))
     return folders
 
 

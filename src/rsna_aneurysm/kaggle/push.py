@@ -4,7 +4,9 @@ Every metadata file is checked before anything is uploaded (slug and title lengt
 internet off, no unfilled placeholder), so a bad folder costs no upload. Each dataset is created when Kaggle does
 not know it yet (``kaggle datasets status`` answers 404) and versioned otherwise. The CLI exits 0 on some
 server-side errors, so its output is read too: a missing success line or an error line fails the step.
-Credentials stay with the kaggle CLI (``KAGGLE_CONFIG_DIR`` / ``~/.kaggle``); this module never reads them.
+Credentials stay with the kaggle CLI (``KAGGLE_CONFIG_DIR`` / ``~/.kaggle``); this module never reads them, and it
+refuses to upload a folder holding a credential-like file (``kaggle.json``, ``*.pem``, ``.env``, ``id_rsa``..., JSON
+with ``key`` and ``username``, also inside a wheel), ``--dry-run`` included.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .safety import find_credentials
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,15 @@ def check_dataset(folder: Path) -> dict:
         problems.append(f"{folder}: sub-folders {dirs} would be skipped by the upload; keep files at the top")
     if not [p for p in files if p.is_file()]:
         problems.append(f"{folder}: no file to upload besides {DATASET_META}")
+    problems += _credential_problems(folder)
     if problems:
         raise PushError("refusing to upload:\n  " + "\n  ".join(problems))
     return meta
+
+
+def _credential_problems(folder: Path) -> list[str]:
+    return [f"{folder}: {rel} looks like a credentials file; it must never be uploaded"
+            for rel in find_credentials(folder)]
 
 
 def check_kernel(folder: Path, datasets: list[str] | None = None) -> dict:
@@ -132,6 +142,7 @@ def check_kernel(folder: Path, datasets: list[str] | None = None) -> dict:
             problems.append(f"{path}: dataset_sources lacks {ref!r}, which this push uploads")
     if not meta.get("enable_gpu"):
         log.warning("%s: enable_gpu is off; the kernel will run on CPU", path)
+    problems += _credential_problems(folder)
     if problems:
         raise PushError("refusing to push the kernel:\n  " + "\n  ".join(problems))
     return meta
