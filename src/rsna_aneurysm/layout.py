@@ -8,6 +8,7 @@ The folders themselves are described in ``docs/layout.md``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,28 @@ from .constants import ID_COL
 
 class LayoutError(FileNotFoundError):
     """A stage folder lacks a file that the command needs (the message names the file and what writes it)."""
+
+
+class UnsafeUIDError(ValueError):
+    """A series UID that is not a safe single path component (it would write outside the output folder)."""
+
+
+# DICOM UIDs are digits and dots (PS3.5 9.1); the kit accepts a little more (letters, '-', '_') for local data, but
+# never a path separator, a leading dot, '..', NUL or a name longer than a file system allows.
+_SAFE_UID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]{0,127}")
+
+
+def check_uid(uid: object, source: str | Path | None = None) -> str:
+    """``uid`` as a string when it is a safe file-name component, else :class:`UnsafeUIDError` naming ``source``.
+
+    Every path builder below calls this, so no UID (``../../x``, ``/abs``, ``a/b``, ``..``) can write outside the
+    stage folder it is joined to."""
+    s = "" if uid is None else str(uid)
+    if not _SAFE_UID.fullmatch(s) or ".." in s:
+        where = f"{source}: " if source is not None else ""
+        raise UnsafeUIDError(f"{where}SeriesInstanceUID {s[:80]!r} is not a safe file name (letters, digits, '.', "
+                             "'-', '_'; at most 128 characters; no '..' or path separator)")
+    return s
 
 
 def _need(path: Path, writer: str) -> Path:
@@ -47,9 +70,10 @@ class DataDir:
         return self.root / "series"
 
     def series(self, uid: str) -> Path:
-        return self.series_dir / uid
+        return self.series_dir / check_uid(uid, self.series_dir)
 
     def segmentation(self, uid: str, vessels: bool = True) -> Path:
+        uid = check_uid(uid, self.root / "segmentations")
         return self.root / "segmentations" / uid / (f"{uid}_cowseg.nii" if vessels else f"{uid}.nii")
 
     @property
@@ -79,7 +103,7 @@ class TestDir:
         return self.root / "solution.csv"
 
     def series(self, uid: str) -> Path:
-        return self.root / "series" / uid
+        return self.root / "series" / check_uid(uid, self.root / "series")
 
 
 # -- the preprocessed folder (written by `rsna-aneurysm preprocess`) ----------------------------------------------
@@ -115,19 +139,19 @@ class PreDir:
         return self.root / "series"
 
     def sidecar(self, uid: str) -> Path:
-        return self.sidecar_dir / f"{uid}.json"
+        return self.sidecar_dir / f"{check_uid(uid, self.sidecar_dir)}.json"
 
     @staticmethod
     def volume_rel(uid: str) -> str:
-        return f"volumes/{uid}.nii.gz"
+        return f"volumes/{check_uid(uid)}.nii.gz"
 
     @staticmethod
     def mask_rel(uid: str) -> str:
-        return f"masks/{uid}.nii.gz"
+        return f"masks/{check_uid(uid)}.nii.gz"
 
     @staticmethod
     def segmentation_rel(uid: str) -> str:
-        return f"segmentations/{uid}.nii.gz"
+        return f"segmentations/{check_uid(uid)}.nii.gz"
 
     @property
     def region_targets(self) -> Path:
