@@ -32,7 +32,7 @@ import polars as pl
 
 from ..config import load_config, to_dict
 from ..constants import LABEL_COLS
-from ..layout import RunDir
+from ..layout import RunDir, UnsafeUIDError, check_uid
 from .budget import BudgetPlanner, CostLevel, Deadline, SeriesTimeout, build_ladder
 from .pipeline import (
     PredictorConfig,
@@ -59,6 +59,19 @@ def _free_accelerator_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort inside the per-series guard
         pass
+
+
+def heatmap_name(vol: Any, series_path: str | Path) -> str:
+    """``<uid>.nii.gz`` for the heatmap of a series: the header's SeriesInstanceUID when it is a safe file name, else
+    the series folder's name (a header UID such as ``../../x`` must not write outside ``heatmap_dir``)."""
+    uid = vol.meta.get("series_uid")
+    try:
+        return f"{check_uid(uid)}.nii.gz"
+    except UnsafeUIDError:
+        folder = Path(series_path).name
+        log.warning("%s: header SeriesInstanceUID %r is not a safe file name; heatmap named after the folder",
+                    series_path, str(uid)[:80])
+        return f"{check_uid(folder, series_path)}.nii.gz"
 
 
 class Predictor:
@@ -191,8 +204,8 @@ class Predictor:
                                     on_batch=lambda n: check("a model batch"))
         t3 = clock()
         if res.heatmap is not None:
-            uid = str(vol.meta.get("series_uid") or Path(series_path).name)
-            save_heatmap(res.heatmap.array, res.heatmap, str(Path(self.cfg.heatmap_dir) / f"{uid}.nii.gz"))
+            out = Path(self.cfg.heatmap_dir) / heatmap_name(vol, series_path)
+            save_heatmap(res.heatmap.array, res.heatmap, str(out))
         t4 = clock()
         tm = res.timings
         rec: dict[str, Any] = {"read_s": t1 - t0, "preprocess_s": t2 - t1 + tm["resample_s"],

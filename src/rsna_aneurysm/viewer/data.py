@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
-from ..layout import DataDir, PreDir, TestDir
+from ..layout import DataDir, PreDir, TestDir, check_uid
 from ..volume import Volume
 
 DEFAULT_CT_WINDOW = (-100.0, 700.0)
@@ -237,7 +237,7 @@ class CompetitionSource:
 
     def series_dir(self, uid: str, split: str) -> Path:
         base = self.root / "test" if split == "test" else self.root
-        return base / "series" / uid
+        return base / "series" / check_uid(uid, base / "series")
 
     def series_table(self) -> pl.DataFrame:
         """Same columns as :meth:`PreprocessedSource.series_table`; status says whether the folder exists."""
@@ -253,7 +253,7 @@ class CompetitionSource:
         """The cached preprocessing record of a series, computed (and cached) when missing or stale."""
         from ..preprocess.dataset import process_one
 
-        rec_path = self.out_dir / "records" / f"{uid}.json"
+        rec_path = self.out_dir / "records" / f"{check_uid(uid, self.out_dir / 'records')}.json"
         if rec_path.is_file():
             try:
                 rec = json.loads(rec_path.read_text())
