@@ -148,7 +148,9 @@ def test_truncated_pixel_data_names_the_file(tmp_path):
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
     ds.save_as(victim)
     with pytest.raises(PixelDecodeError, match=victim.name):
-        load_series(folder)
+        load_series(folder, LoadOptions(fill_bad_slices=False))
+    vol = load_series(folder)  # by default an odd slice: dropped at an end, filled inside the stack, and named
+    assert victim.name in vol.meta["dropped_slices"] + vol.meta["filled_slices"]
 
 
 @pytest.mark.parametrize("tag", ["ImagePositionPatient", "Rows"])

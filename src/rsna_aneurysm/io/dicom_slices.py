@@ -19,10 +19,12 @@ import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .dicom_fast import FastHeader, parse_header
 
+# Values larger than this (PixelData) stay on disk until used: a file's header limits are checked first.
+_DEFER_BYTES = 1 << 20
 _UNCOMPRESSED_LE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"}  # + deflated
 
 
@@ -36,6 +38,18 @@ class MissingTagError(DicomSeriesError):
 
 class PixelDecodeError(DicomSeriesError):
     """Pixel data is truncated, or compressed with a syntax no installed decoder handles."""
+
+
+class UnsupportedTransferSyntaxError(PixelDecodeError):
+    """The transfer syntax is unknown, or no installed decoder handles it; the message names the file and UID."""
+
+
+class SeriesLimitError(DicomSeriesError):
+    """The series (or one file) exceeds a size limit of ``LoadOptions``; the message names the limit and setting."""
+
+
+class GeometryError(DicomSeriesError):
+    """Spacing, positions or extent are non-finite or outside a plausible range for a head scan."""
 
 
 @dataclass
@@ -56,6 +70,9 @@ class Slice:
     source: object = field(default=None, repr=False)  # the pydicom Dataset, for decoding later
     # Multi-frame file without per-frame positions: (gap between frames or None, position of frame 0).
     stack: tuple[float | None, np.ndarray] | None = None
+    series_uid: str | None = None
+    # Why the pixels cannot be used (e.g. truncated PixelData), found from the header; the loader drops the slice.
+    bad: str | None = None
 
 
 @cache
@@ -129,18 +146,52 @@ def _number_of_frames(ds, path: Path, only_file: bool) -> int:
         return 1
 
 
-def read_file(path: Path, only_file: bool = False, fast: bool = True) -> list[Slice]:
-    """Parse one file into its slices (several for a multi-frame file); pixels are decoded later."""
+@cache
+def _syntax_problem(tsuid: str) -> str | None:
+    """Why pixels of this transfer syntax cannot be decoded here (None when they can)."""
+    uid = UID(tsuid)
+    if uid in _UNCOMPRESSED_LE or uid == ExplicitVRBigEndian:
+        return None
+    if uid not in AllTransferSyntaxes:
+        return f"unknown or unsupported transfer syntax {tsuid!r} (no extra of this kit decodes it)"
+    try:
+        from pydicom.pixels import get_decoder
+
+        available = get_decoder(uid).is_available
+    except Exception:
+        available = False
+    if available:
+        return None
+    return (f"transfer syntax {tsuid} ({uid.name}) has no installed decoder: install the 'codecs' extra "
+            f"(pip install 'rsna-aneurysm[codecs]')")
+
+
+def _bytes_per_pixel(ds) -> int:
+    return max(1, int(get_tag(ds, "BitsAllocated", 16)) // 8) * int(get_tag(ds, "SamplesPerPixel", 1))
+
+
+def read_file(path: Path, only_file: bool = False, fast: bool = True, max_frames: int | None = None,
+              meta: dict | None = None) -> list[Slice]:
+    """Parse one file into its slices (several for a multi-frame file); pixels are decoded later.
+
+    ``max_frames``: a file declaring more frames is refused (:class:`SeriesLimitError`) from its header, before any
+    frame record or pixel is touched. ``meta``: the loader's meta dict, where a multi-frame file holding fewer frames
+    than it declares is reported (``warnings``, ``truncated``, ``truncated_frames``)."""
     hdr = parse_header(path) if fast else None
     if hdr is not None:
         ipp, iop, ps = (_floats(hdr.get(k), n) for k, n in
                         (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2)))
-        return [Slice(path, str(hdr.get("SOPInstanceUID", path.stem)), None, int(hdr.get("Rows")),
-                       int(hdr.get("Columns")), iop, ipp, None if ps is None else tuple(ps),
+        rows, cols = int(hdr.get("Rows")), int(hdr.get("Columns"))
+        need = rows * cols * (hdr.get("BitsAllocated") // 8)
+        bad = None if hdr.pixel_length >= need else \
+            f"truncated PixelData: {hdr.pixel_length} bytes, expected {need} for {rows}x{cols} pixels"
+        return [Slice(path, str(hdr.get("SOPInstanceUID", path.stem)), None, rows,
+                       cols, iop, ipp, None if ps is None else tuple(ps),
                        hdr.get("InstanceNumber"), float(hdr.get("RescaleSlope", 1.0)),
-                       float(hdr.get("RescaleIntercept", 0.0)), source=hdr)]
+                       float(hdr.get("RescaleIntercept", 0.0)), source=hdr,
+                       series_uid=hdr.get("SeriesInstanceUID"), bad=bad)]
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)  # PixelData read on first use, after the limits
     except InvalidDicomError:
         raise
     except Exception as e:
@@ -150,6 +201,22 @@ def read_file(path: Path, only_file: bool = False, fast: bool = True) -> list[Sl
             raise MissingTagError(f"{path}: missing {tag}")
     if "PixelData" not in ds:
         raise MissingTagError(f"{path}: missing PixelData")
+    if int(ds.Rows) <= 0 or int(ds.Columns) <= 0:
+        raise DicomSeriesError(f"{path}: image size {ds.Rows}x{ds.Columns}")
+    tsuid = str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+    problem = _syntax_problem(tsuid)
+    if problem is not None:
+        raise UnsupportedTransferSyntaxError(f"{path}: {problem}")
+    declared = get_tag(ds, "NumberOfFrames")
+    try:
+        declared = None if declared is None else int(declared)
+    except (TypeError, ValueError):
+        raise DicomSeriesError(f"{path}: NumberOfFrames {declared!r} is not a number") from None
+    if declared is not None and declared < 1:
+        raise DicomSeriesError(f"{path}: NumberOfFrames={declared}")
+    if declared is not None and max_frames is not None and declared > max_frames:
+        raise SeriesLimitError(f"{path}: NumberOfFrames={declared} exceeds the limit of {max_frames} frames per file "
+                               f"(LoadOptions.max_frames)")
     sop = str(get_tag(ds, "SOPInstanceUID", path.stem))
     rows, cols = int(ds.Rows), int(ds.Columns)
     top_iop = _floats(get_tag(ds, "ImageOrientationPatient"), 6)
@@ -160,10 +227,34 @@ def read_file(path: Path, only_file: bool = False, fast: bool = True) -> list[Sl
     instance = get_tag(ds, "InstanceNumber")
     instance = int(instance) if instance is not None else None
     n_frames = _number_of_frames(ds, path, only_file)
+    if max_frames is not None and n_frames > max_frames:
+        raise SeriesLimitError(f"{path}: {n_frames} frames exceed the limit of {max_frames} frames per file "
+                               f"(LoadOptions.max_frames)")
+    series_uid = get_tag(ds, "SeriesInstanceUID")
+    series_uid = None if series_uid is None else str(series_uid)
+    bad = None
+    if not UID(tsuid).is_compressed:  # compare the declared size with the bytes present, before any decoding
+        frame_bytes = rows * cols * _bytes_per_pixel(ds)
+        have = len(ds.PixelData) // frame_bytes
+        if have < n_frames:
+            if n_frames == 1:
+                bad = (f"truncated PixelData: {len(ds.PixelData)} bytes, expected {frame_bytes} for "
+                       f"{rows}x{cols} pixels")
+            elif have == 0:
+                raise PixelDecodeError(f"{path}: PixelData holds {len(ds.PixelData)} bytes, not one complete "
+                                       f"{rows}x{cols} frame of the {n_frames} declared")
+            else:
+                msg = (f"{path.name}: PixelData holds {have} complete frame(s) of the {n_frames} declared "
+                       f"(NumberOfFrames); kept those {have}")
+                if meta is not None:
+                    meta["warnings"].append(msg)
+                    meta["truncated"] = True
+                    meta.setdefault("truncated_frames", {})[path.name] = {"declared": n_frames, "kept": have}
+                n_frames = have
     if n_frames == 1:
         ps = tuple(top_ps) if top_ps is not None else None
         return [Slice(path, sop, None, rows, cols, top_iop, top_ipp, ps, instance, slope, intercept,
-                       source=ds)]
+                       source=ds, series_uid=series_uid, bad=bad)]
     slices = []
     for f in range(n_frames):
         iop = _floats(_functional(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
@@ -180,6 +271,7 @@ def read_file(path: Path, only_file: bool = False, fast: bool = True) -> list[Sl
             float(f_slope) if f_slope is not None else slope,
             float(f_inter) if f_inter is not None else intercept,
             source=ds,
+            series_uid=series_uid,
         ))
     if any(s.ipp is None for s in slices):
         # Frames without their own position (test-time files keep only the top-level IPP of frame 0): they are
@@ -232,9 +324,13 @@ def decode_pixels(s: Slice) -> np.ndarray:
 
             arr = _pa(ds, index=frame)
     except Exception as e:
-        hint = ""
-        if tsuid.is_compressed:
-            hint = f" (transfer syntax {tsuid.name}: install the 'codecs' extra: pip install 'rsna-aneurysm[codecs]')"
+        hint = f" (transfer syntax {tsuid}, {tsuid.name})"
+        try:
+            if tsuid.is_compressed:
+                hint = (f" (transfer syntax {tsuid}, {tsuid.name}: install the 'codecs' extra: "
+                        f"pip install 'rsna-aneurysm[codecs]')")
+        except ValueError:  # not a known transfer syntax
+            pass
         raise PixelDecodeError(f"{s.path}: cannot decode pixel data: {e}{hint}") from e
     if arr.ndim == 3 and frame is None:  # a multi-frame file we took for single-frame
         arr = arr[0]
