@@ -96,6 +96,8 @@ class Predictor:
         self.n_fallback = 0
         self.n_timeouts = 0
         self.fallback_reasons: list[tuple[str, str]] = []
+        # Fallbacks per kind: the exception's name (e.g. GridTooLargeError, SeriesTimeout) or the reason's text.
+        self.fallback_kinds: dict[str, int] = {}
         self.records: list[dict[str, Any]] = []  # per-series timing split and level
 
     @classmethod
@@ -219,6 +221,9 @@ class Predictor:
     def _fallback(self, uid: str, reason: str, timed_out: tuple[CostLevel, float] | None = None) -> None:
         self.n_fallback += 1
         self.fallback_reasons.append((uid, reason))
+        head = reason.split(":", 1)[0]
+        kind = head if ":" in reason and head.isidentifier() else reason.split(" (", 1)[0]
+        self.fallback_kinds[kind] = self.fallback_kinds.get(kind, 0) + 1
         log.warning("%s: fallback row (training prevalence): %s", uid, reason)
         if self.planner is not None:
             if timed_out is not None:
@@ -249,7 +254,7 @@ class Predictor:
     def summary(self) -> dict[str, Any]:
         """Counts, fallback reasons, mean timing split and the budget planner's state."""
         out: dict[str, Any] = {"predicted": self.n_predicted, "fallback": self.n_fallback,
-                               "timeouts": self.n_timeouts,
+                               "timeouts": self.n_timeouts, "fallback_kinds": dict(self.fallback_kinds),
                                "fallback_reasons": [f"{u}: {r}" for u, r in self.fallback_reasons[:20]]}
         if self.records:
             keys = ("read_s", "preprocess_s", "region_s", "model_s", "aggregate_s", "total_s")

@@ -14,6 +14,30 @@ from ..volume import Volume
 
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
 
+# Most voxels a resampled grid may have (default of ``PreprocessConfig.max_voxels`` and of ``resample``): 2e8 voxels
+# are 800 MB as float32. A head CTA is ~15e6 voxels at 1 mm (~120e6 at 0.5 mm), and even a 512x512x1000 series
+# at 0.4 x 0.4 x 0.5 mm uncropped is ~105e6 at 1 mm, so real series pass at the kit's spacings (1 mm and coarser);
+# a header claiming e.g. 100 mm pixels (a grid of tens of GB) fails here before anything is allocated.
+DEFAULT_MAX_VOXELS = 200_000_000
+
+
+class GridTooLargeError(ValueError):
+    """The resampled grid would exceed the voxel limit (raised before any allocation)."""
+
+
+def check_grid_size(size, max_voxels: int | None, source: str | None = None,
+                    setting: str = "PreprocessConfig.max_voxels") -> None:
+    """Raise :class:`GridTooLargeError` when the grid ``size`` (i, j, k) has more than ``max_voxels`` voxels
+    (None: no limit)."""
+    if max_voxels is None:
+        return
+    n = int(np.prod([int(s) for s in size], dtype=object))
+    if n > max_voxels:
+        raise GridTooLargeError(
+            f"resampled grid {'x'.join(str(int(s)) for s in size)} (i,j,k) has {n:.3g} voxels, over the limit "
+            f"{setting}={max_voxels:.3g} (~{n * 4 / 1e9:.1f} GB as float32)"
+            f"{'; source ' + str(source) if source else ''}: implausible geometry (e.g. PixelSpacing in the header)")
+
 
 def reorient_canonical(vol: Volume) -> Volume:
     """Permute/flip axes so each one points as close as possible to +x, +y, +z (LPS); exact, no interpolation.
@@ -61,9 +85,12 @@ def _source_meta(vol: Volume) -> dict:
 
 
 def canonical_grid(vol: Volume, spacing: tuple[float, float, float], bounds: tuple | None = None,
-                   ) -> tuple[tuple, tuple, tuple]:
+                   max_voxels: int | None = None) -> tuple[tuple, tuple, tuple]:
     """(origin, spacing, size_ijk) of the identity-direction grid at ``spacing`` covering ``vol``'s voxel centres,
-    optionally only the part inside the world box ``bounds = (lo_xyz, hi_xyz)``."""
+    optionally only the part inside the world box ``bounds = (lo_xyz, hi_xyz)``.
+
+    Raises :class:`GridTooLargeError` when the grid (after ``bounds``) has more than ``max_voxels`` voxels (None:
+    no check here)."""
     n = np.asarray(vol.shape_ijk) - 1
     corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])], dtype=np.float64)
     world = vol.index_to_world(corners)
@@ -73,24 +100,32 @@ def canonical_grid(vol: Volume, spacing: tuple[float, float, float], bounds: tup
         if np.any(hi < lo):
             raise ValueError(f"bounds {bounds} do not overlap the volume ({lo}..{hi})")
     sp = np.asarray(spacing, dtype=np.float64)
-    size = np.floor((hi - lo) / sp + 1e-6).astype(int) + 1
-    return tuple(lo), tuple(sp), tuple(int(s) for s in size)
+    extent = (hi - lo) / sp + 1e-6
+    if not np.all(np.isfinite(extent)):
+        raise GridTooLargeError(f"resampled grid has a non-finite extent {extent.tolist()} at spacing {sp.tolist()}"
+                                f"{'; source ' + str(vol.meta.get('source')) if vol.meta.get('source') else ''}")
+    size = [int(e) + 1 for e in np.floor(extent)]  # Python ints: no overflow before the check
+    check_grid_size(size, max_voxels, vol.meta.get("source"))
+    return tuple(lo), tuple(sp), tuple(size)
 
 
 def resample(vol: Volume, spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0), interpolator: str = "linear",
              default_value: float | None = None, reference: Volume | None = None, dtype=np.float32,
-             bounds: tuple | None = None) -> Volume:
+             bounds: tuple | None = None, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> Volume:
     """Resample onto an identity-direction grid at ``spacing`` covering ``vol`` (or onto ``reference``'s grid).
 
     ``bounds`` (world ``(lo_xyz, hi_xyz)``) limits the grid to a box, e.g. the head (see ``mask.head_bounds``).
     ``default_value`` fills points outside the source (default: the volume's minimum, i.e. air).
+    ``max_voxels`` bounds the output grid (None: unbounded); over it, :class:`GridTooLargeError` is raised before
+    anything is allocated.
     """
     if interpolator not in _INTERPOLATORS:
         raise ValueError(f"unknown interpolator {interpolator!r}; choose from {sorted(_INTERPOLATORS)}")
     if reference is not None:
         origin, sp, size, direction = reference.origin, reference.spacing, reference.shape_ijk, reference.direction
+        check_grid_size(size, max_voxels, vol.meta.get("source"))
     else:
-        origin, sp, size = canonical_grid(vol, spacing if spacing is not None else vol.spacing, bounds)
+        origin, sp, size = canonical_grid(vol, spacing if spacing is not None else vol.spacing, bounds, max_voxels)
         direction = np.eye(3)
     if default_value is None:
         default_value = float(vol.array.min()) if vol.array.size else 0.0

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import require, to_dict
 from ..volume import Volume
-from .geometry import reorient_canonical, resample
+from .geometry import DEFAULT_MAX_VOXELS, reorient_canonical, resample
 from .intensity import n4_correct, normalize
 from .mask import compute_mask, head_bounds
 
@@ -43,19 +43,30 @@ class PreprocessConfig:
     write_nifti: bool = True
     # Data type of the written volumes: float32 or float16 (half the disk, about 1e-3 relative precision).
     volume_dtype: Literal["float32", "float16"] = "float32"
+    # Most voxels of the resampled grid (after crop_to_head); more raises GridTooLargeError before allocating
+    # (a fallback row in the kernel, not an OOM kill). 2e8 = 800 MB float32; a head CTA is ~15e6 at 1 mm, ~120e6
+    # at 0.5 mm. Null: unbounded.
+    max_voxels: int | None = DEFAULT_MAX_VOXELS
 
     def __post_init__(self) -> None:
         """Checks beyond types (convention of ``rsna_aneurysm.config``): wrong values fail before any series runs."""
         require(self.spacing is None or (len(self.spacing) == 3 and min(self.spacing) > 0), "spacing",
                 f"three positive spacings (mm) or null, got {self.spacing}")
+        require(self.max_voxels is None or (isinstance(self.max_voxels, int) and not isinstance(self.max_voxels, bool)
+                                            and self.max_voxels >= 1), "max_voxels",
+                f"a positive whole number of voxels or null, got {self.max_voxels!r}")
         require(self.n4_shrink >= 1, "n4_shrink", f"must be at least 1, got {self.n4_shrink}")
         require(self.ct_window[0] < self.ct_window[1], "ct_window", f"needs low < high, got {self.ct_window}")
         lo, hi = self.mr_percentiles
         require(0.0 <= lo < hi <= 100.0, "mr_percentiles", f"needs 0 <= low < high <= 100, got {self.mr_percentiles}")
 
     def digest(self) -> str:
-        """Short hash of the settings: part of the cache key of everything derived from the outputs."""
-        return hashlib.sha1(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of the settings: part of the cache key of everything derived from the outputs.
+
+        ``max_voxels`` is left out: it only refuses series, it never changes an output (existing caches stay
+        valid)."""
+        settings = {k: v for k, v in to_dict(self).items() if k != "max_voxels"}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _is_mr(vol: Volume) -> bool:
@@ -68,11 +79,14 @@ def preprocess_volume(vol: Volume, cfg: PreprocessConfig | None = None) -> tuple
     if cfg.spacing is not None:
         # Resampling samples straight onto the canonical (identity-direction) grid: no reorientation copy needed.
         bounds = head_bounds(vol, cfg.crop_margin_mm) if cfg.crop_to_head else None
-        v = resample(vol, cfg.spacing, cfg.interpolator, bounds=bounds)
+        v = resample(vol, cfg.spacing, cfg.interpolator, bounds=bounds, max_voxels=cfg.max_voxels)
     else:
         v = reorient_canonical(vol)
         if not np.allclose(v.direction, np.eye(3), atol=1e-4):  # oblique: remove the rotation at native spacing
-            v = resample(v, v.spacing, cfg.interpolator)
+            # At native spacing the source (already in memory) sets the scale: the rotated box is at most a few
+            # times its voxels, so allow that much even past max_voxels (a real 512x512x1000 series must pass).
+            limit = None if cfg.max_voxels is None else max(cfg.max_voxels, 3 * int(v.array.size))
+            v = resample(v, v.spacing, cfg.interpolator, max_voxels=limit)
         else:
             v = v.with_array(v.array.astype(np.float32, copy=False))
     mask = compute_mask(v, cfg.mask)
