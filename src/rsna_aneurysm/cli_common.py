@@ -187,6 +187,8 @@ def exit_code_for(exc: BaseException) -> int | None:
     """Exit status of an expected error; None for anything else (a bug: it keeps its traceback)."""
     if isinstance(exc, (ConfigError, UsageError)):
         return EXIT_USAGE
+    if _is_kit_error(exc) and getattr(type(exc), "exit_code", None) in (EXIT_USAGE, EXIT_FAILURE):
+        return type(exc).exit_code  # a kit error class may declare its status (e.g. io.tables.TableError: 2)
     if isinstance(exc, CommandError) or _is_kit_error(exc) or isinstance(exc, OSError):
         return EXIT_FAILURE
     return None

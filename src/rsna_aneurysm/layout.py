@@ -202,8 +202,14 @@ def read_region_targets(pre: str | Path | PreDir) -> pl.DataFrame:
 
 def read_labels(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """A ``train.csv`` / ``solution.csv`` / ``test.csv``-like table with the series UID kept as text."""
+    from .io.tables import check_columns, read_series_table  # imported here: io.tables imports layout
+
     path = _need(Path(path), "rsna-aneurysm synth or the competition download")
-    return pl.read_csv(path, columns=columns, schema_overrides={ID_COL: pl.Utf8}, infer_schema_length=10000)
+    df = read_series_table(path)  # validated (TableError): unique safe UIDs, labels 0/1, known modalities
+    if columns is None:
+        return df
+    check_columns(df, columns, path)
+    return df.select(columns)
 
 
 # -- the patch cache (written by `rsna-aneurysm cache`) ----------------------------------------------------------

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..config import save_config, to_dict
 from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LOCATION_COLS, N_LABELS
 from ..io.atomic import atomic_write_parquet, atomic_write_text
+from ..io.tables import read_series_table
 from ..layout import CacheDir, PreDir, read_region_targets
 from .cache_config import CacheConfig
 from .cache_entry import CACHE_VERSION, build_entry, check_entry
@@ -105,7 +106,8 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
     manifest = _read_table(PreDir(pre).manifest)
     if manifest is None:
         raise CacheError(f"{pre}: no manifest.parquet (run `rsna-aneurysm preprocess` first)")
-    labels = _read_table(PreDir(pre).train_csv)
+    labels_path = PreDir(pre).train_csv  # validated (TableError): unique safe UIDs, labels 0/1
+    labels = read_series_table(labels_path) if labels_path.exists() else None
     locs = _read_table(PreDir(pre).localizers)
     skipped: dict[str, str] = {}
     ok = manifest.filter((pl.col("status") == "ok") & pl.col("volume").is_not_null())

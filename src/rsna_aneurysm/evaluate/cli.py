@@ -27,11 +27,12 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
     from ..constants import ID_COL
     from ..data.folds import PATIENT_COL, empty_cells, fold_positive_counts, format_counts, make_folds, read_patient_ids
+    from ..io.tables import read_series_table
     from ..layout import DataDir
     from .tables import read_table, write_table
 
     data = Path(args.data)
-    labels = read_table(DataDir(data).train_csv)
+    labels = read_series_table(DataDir(data).train_csv)  # validated: unique safe UIDs, labels 0/1 (TableError)
     if args.patient_ids:
         pid = read_table(Path(args.patient_ids)).select(pl.col(ID_COL), pl.col(PATIENT_COL).cast(pl.String))
         labels = labels.drop(PATIENT_COL, strict=False).join(pid, on=ID_COL, how="left")

@@ -14,16 +14,18 @@ import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
 from ..io.atomic import atomic_write_csv, atomic_write_parquet
+from ..io.tables import MissingTableError, TableError, check_label_frame
 
 log = logging.getLogger(__name__)
 
 
-class TableError(ValueError):
-    """A label or prediction table is missing, unreadable or does not have the expected columns or ids."""
+
 
 
 class SeriesIdMismatchError(TableError):
     """Predictions and labels do not cover the same series; ``missing`` and ``extra`` list the ids."""
+
+    exit_code = 1  # each table is well formed; they disagree (the command ran and failed)
 
     def __init__(self, missing: list[str], extra: list[str], what: str = "predictions") -> None:
         self.missing = sorted(missing)
@@ -45,7 +47,7 @@ def read_table(path: str | Path) -> pl.DataFrame:
     """Read a ``.parquet`` or ``.csv`` table; SeriesInstanceUID (and PatientID) are always read as strings."""
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"{path}: no such file")
+        raise MissingTableError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".parquet":
             df = pl.read_parquet(path)
@@ -82,6 +84,7 @@ def label_frame(df: pl.DataFrame, source: str) -> pl.DataFrame:
     missing = [c for c in LABEL_COLS if c not in df.columns]
     if missing:
         raise TableError(f"{source}: missing label column(s) {missing}")
+    df = check_label_frame(df, source)  # labels 0/1 (no nulls), safe UIDs, known modalities; row and column named
     rest = [c for c in df.columns if c not in (ID_COL, *LABEL_COLS)]
     return df.select(ID_COL, *LABEL_COLS, *rest)
 

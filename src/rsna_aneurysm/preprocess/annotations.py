@@ -8,13 +8,13 @@ unknown SOPInstanceUID (or frame) is reported, never guessed.
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from ..constants import ID_COL, SOP_COL
+from ..io.tables import parse_coordinates_text
 from ..volume import Volume
 
 
@@ -26,6 +26,20 @@ class UnknownSOPError(AnnotationError):
     """The SOPInstanceUID (or frame) of a localizer is not a slice of the loaded volume."""
 
 
+class OutsideImageError(AnnotationError):
+    """A localizer's pixel position is not finite or lies outside its image (it would mark empty space)."""
+
+
+def check_inside(vol: Volume, x: float, y: float) -> None:
+    """:class:`OutsideImageError` unless pixel ``(x, y)`` is finite and inside the in-plane extent of ``vol``
+    (``0 <= x < columns``, ``0 <= y < rows``; the array is ``(k, j, i)``)."""
+    rows, cols = vol.array.shape[1], vol.array.shape[2]
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise OutsideImageError(f"localizer pixel ({x}, {y}) is not finite")
+    if not (0 <= x < cols and 0 <= y < rows):
+        raise OutsideImageError(f"localizer pixel ({x:g}, {y:g}) is outside the {cols}x{rows} image")
+
+
 @dataclass(frozen=True)
 class Localizer:
     sop: str
@@ -35,18 +49,14 @@ class Localizer:
 
 
 def parse_coordinates(text: str) -> tuple[float, float, int | None]:
-    """``"{'x': 258.36, 'y': 261.36[, 'f': 12]}"`` -> ``(x, y, f or None)``."""
+    """``"{'x': 258.36, 'y': 261.36[, 'f': 12]}"`` -> ``(x, y, f or None)``.
+
+    The checks of :func:`rsna_aneurysm.io.tables.parse_coordinates_text` (length cap, keys x/y/f only, finite
+    numbers, f a non-negative integer); any failure is an :class:`AnnotationError`."""
     try:
-        value = ast.literal_eval(text) if isinstance(text, str) else text
-    except (ValueError, SyntaxError) as e:
-        raise AnnotationError(f"malformed localizer coordinates {text!r}: {e}") from None
-    if not isinstance(value, dict) or "x" not in value or "y" not in value:
-        raise AnnotationError(f"localizer coordinates {text!r} lack 'x' and 'y'")
-    try:
-        f = value.get("f")
-        return float(value["x"]), float(value["y"]), (None if f is None else int(f))
-    except (TypeError, ValueError) as e:
-        raise AnnotationError(f"localizer coordinates {text!r} are not numbers: {e}") from None
+        return parse_coordinates_text(text)
+    except ValueError as e:
+        raise AnnotationError(f"localizer coordinates: {e}") from None
 
 
 def format_coordinates(x: float, y: float, f: int | None = None) -> str:
@@ -113,7 +123,10 @@ def map_localizers(vol: Volume, rows: pl.DataFrame) -> pl.DataFrame:
         try:
             x, y, f = parse_coordinates(r["coordinates"])
             rec.update(x=x, y=y, f=f)
+            check_inside(vol, x, y)
             ijk = localizer_to_index(vol, Localizer(str(r[SOP_COL]), x, y, f), lookup)
+            if not np.all(np.isfinite(ijk)):
+                raise OutsideImageError(f"localizer voxel index {ijk.tolist()} is not finite")
             world = vol.index_to_world(ijk)
             rec.update(i=ijk[0], j=ijk[1], k=ijk[2], world_x=world[0], world_y=world[1], world_z=world[2])
         except AnnotationError as e:
