@@ -117,6 +117,8 @@ def test_localizers_missing_location_column(tmp_path):
     "{'x': 1e999, 'y': 2}", "{'x': float('nan'), 'y': 2}", "{'x': 1}", "{'x': 1, 'y': 2, 'z': 3}",
     "{'x': 1, 'y': 2, 'f': -1}", "{'x': 1, 'y': 2, 'f': 1.5}", "{'x': 'a', 'y': 2}", "[1, 2]", "{'x': True, 'y': 2}",
     "__import__('os')", "{'x': " + "9" * 100_000 + ", 'y': 1}", "{'x': 1, 'y': 2",
+    # an int too big for a float (OverflowError), a frame too big for Int64 (a polars error in map_localizers)
+    "{'x': 1" + "0" * 900 + ", 'y': 2}", f"{{'x': 1, 'y': 2, 'f': {2 ** 70}}}",
 ])
 def test_bad_localizer_coordinates(tmp_path, coords):
     p = _locs(tmp_path / "loc.csv", [f"1.2.1,9.9.1,\"{{'x': 1, 'y': 2}}\",{LOCATION_COLS[0]}",
@@ -229,3 +231,56 @@ def test_cache_plan_with_a_yes_label_raises_table_error(tmp_path):
         plan_cache(pre.root, CacheConfig())
     _names(str(e.value), p, 2, ANEURYSM_PRESENT)
     assert e.value.exit_code == 2
+
+
+def test_cache_plan_ignores_a_mapped_point_outside_the_preprocessed_volume(tmp_path, caplog):
+    from rsna_aneurysm.data.cache import plan_cache
+    from rsna_aneurysm.data.cache_config import CacheConfig
+    from rsna_aneurysm.layout import PreDir
+
+    pre = PreDir(tmp_path / "pre")
+    pre.root.mkdir()
+    for v in ("v1", "v2"):
+        (pre.root / v).write_bytes(b"")
+    pl.DataFrame({ID_COL: ["1.2.1", "1.2.2"], "status": ["ok", "ok"], "volume": ["v1", "v2"],
+                  "shape_kji": [[10, 20, 30], [10, 20, 30]]}).write_parquet(pre.manifest)
+    _train(pre.train_csv, [{ANEURYSM_PRESENT: "1", LOCATION_COLS[0]: "1"}, {ANEURYSM_PRESENT: "1"}], n=2)
+    # 1.2.1: one point inside, one cropped away (i = -5); 1.2.2: its only point is beyond the last slice.
+    pl.DataFrame({ID_COL: ["1.2.1", "1.2.1", "1.2.2"], "location": [LOCATION_COLS[0]] * 3, "status": ["ok"] * 3,
+                  "i": [5.0, -5.0, 5.0], "j": [5.0, 5.0, 5.0], "k": [5.0, 5.0, 12.0]}).write_parquet(pre.localizers)
+    tasks, skipped, _ = plan_cache(pre.root, CacheConfig())
+    by_uid = {t.uid: t for t in tasks}
+    assert by_uid["1.2.1"].points == [[5.0, 5.0, 5.0]] and by_uid["1.2.1"].n_negatives == 0  # positives only
+    assert "1.2.2" not in by_uid and "without a mapped aneurysm" in skipped["1.2.2"]
+    assert "outside the preprocessed volume" in caplog.text
+
+
+def test_a_column_named_twice_in_the_header(tmp_path):
+    p = _train(tmp_path / "train.csv")
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join([lines[0] + f",{ANEURYSM_PRESENT}", *(line + ",1" for line in lines[1:])]) + "\n")
+    with pytest.raises(TableError, match="more than once") as e:
+        read_train_table(p)
+    assert str(p) in str(e.value) and repr(ANEURYSM_PRESENT) in str(e.value)
+
+
+def test_cache_cli_with_a_yes_label_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    from rsna_aneurysm.layout import PreDir
+
+    pre = PreDir(tmp_path / "pre")
+    pre.root.mkdir()
+    pl.DataFrame({ID_COL: ["1.2.1", "1.2.2"], "status": ["ok", "ok"], "volume": ["v1", "v2"]}).write_parquet(
+        pre.manifest)
+    p = _train(pre.train_csv, [{}, {ANEURYSM_PRESENT: "yes"}], n=2)
+    rc = main(["cache", "--data", str(pre.root), "--out", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("rsna-aneurysm cache: error: "), err
+    _names(err, p, 2, ANEURYSM_PRESENT)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_exactly_repeated_localizer_row_is_kept_once(tmp_path, caplog):
+    row = f"1.2.1,9.9.1,\"{{'x': 1, 'y': 2}}\",{LOCATION_COLS[0]}"
+    p = _locs(tmp_path / "loc.csv", [row, f"1.2.1,9.9.1,\"{{'x': 3, 'y': 2}}\",{LOCATION_COLS[0]}", row])
+    df = read_localizers_table(p, series=["1.2.1"])
+    assert df.height == 2 and "row(s) 3" in caplog.text and str(p) in caplog.text

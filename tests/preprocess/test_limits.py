@@ -166,3 +166,55 @@ def test_predictor_default_limit_on_a_header_claiming_huge_pixels(tmp_path: Path
     assert folder.name in predictor.fallback_reasons[0][1]  # the message names the series folder
     # every budget level (coarser spacing_scale included) is bounded by the default
     assert predictor.pre_cfg and all(c.max_voxels == DEFAULT_MAX_VOXELS for c in predictor.pre_cfg.values())
+
+
+def _plausible_header_series(folder: Path, shape_kji: tuple[int, int, int] = (48, 96, 96), pixel_mm: float = 10.0,
+                             slice_mm: float = 20.0) -> Path:
+    """A CT series inside every plausibility range of the loader (10 mm pixels, 20 mm slices, < 1 m along each axis)
+    that still spans ~1 m^3: a tiny synthetic slice's tags as the template, a ball of tissue in air as pixels."""
+    from pydicom.uid import generate_uid
+
+    template_dir = folder.parent / "template"
+    make_series(template_dir, SeriesSpec(modality="CTA", preset="tiny", test_tags_only=True, tilt=False,
+                                         locations=()), keep_volume=False)
+    template = pydicom.dcmread(sorted(template_dir.glob("*.dcm"))[0])
+    hu = _head(1.0, shape_kji).array
+    slope, intercept = float(template.get("RescaleSlope", 1.0)), float(template.get("RescaleIntercept", 0.0))
+    stored = np.round((hu - intercept) / slope).astype(np.int16 if template.PixelRepresentation else np.uint16)
+    folder.mkdir(parents=True)
+    series_uid = generate_uid()
+    for n in range(shape_kji[0]):
+        ds = template.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = series_uid, generate_uid(), n + 1
+        ds.Rows, ds.Columns = shape_kji[1], shape_kji[2]
+        ds.PixelSpacing = [pixel_mm, pixel_mm]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, n * slice_mm]
+        ds.SliceThickness = slice_mm
+        ds.PixelData = np.ascontiguousarray(stored[n]).tobytes()
+        ds.save_as(folder / f"{n:04d}.dcm")
+    return folder
+
+
+def test_a_header_the_loader_accepts_can_still_ask_for_a_huge_grid(tmp_path: Path, monkeypatch) -> None:
+    """The loader's plausibility ranges alone do not bound the grid: here only the resampling limit stops it (a
+    head box of ~5e8 voxels at 1 mm), through the real loader, as a counted fallback row."""
+    from rsna_aneurysm.infer.predictor import Predictor, PredictorConfig
+
+    folder = _plausible_header_series(tmp_path / "test" / "1.2.826.0.1.9999.78")
+    _no_resample(monkeypatch)
+    run = _helper.make_weights(tmp_path / "run", spacing_mm=1.0)  # a model at 1 mm, the kit's finest spacing
+    cfg = PredictorConfig(share_root=str(tmp_path / "share"), tta_flip=False, use_budget=False)
+    predictor = Predictor.from_weights(run, cfg)
+    row = predictor.predict(str(folder))
+    assert row.row(0) == pytest.approx(predictor.fallback_values)
+    assert predictor.fallback_kinds == {"GridTooLargeError": 1}, predictor.fallback_reasons
+    assert "PreprocessConfig.max_voxels" in predictor.fallback_reasons[0][1]
+
+
+def test_the_kernel_is_bounded_even_when_training_ran_without_a_limit() -> None:
+    from rsna_aneurysm.infer.pipeline import preprocess_config
+
+    cfg = preprocess_config({"preprocessing": {"max_voxels": None, "spacing": [1.0, 1.0, 1.0]}}, 1.5)
+    assert cfg.max_voxels == DEFAULT_MAX_VOXELS and cfg.spacing == (1.5, 1.5, 1.5)
+    assert preprocess_config({"preprocessing": {"max_voxels": 12345}}, 1.0).max_voxels == 12345

@@ -118,10 +118,19 @@ def plan_cache(pre_dir: str | Path, cfg: CacheConfig) -> tuple[list[SeriesTask],
         present = {str(u): int(v or 0) for u, v in zip(labels[ID_COL], labels[ANEURYSM_PRESENT])}
     points: dict[str, list[tuple[list[float], int]]] = {}
     unmapped: dict[str, int] = {}
+    # A mapped point outside its preprocessed grid (e.g. cropped away with the air around the head) would be a
+    # positive patch of empty space: it counts as unmapped.
+    shapes = dict(zip(ok[ID_COL].cast(pl.Utf8), ok["shape_kji"].to_list())) if "shape_kji" in ok.columns else {}
     if locs is not None and len(locs) and {"i", "j", "k", "location"} <= set(locs.columns):
         for r in locs.iter_rows(named=True):
             uid = str(r[ID_COL])
             good = r.get("status", "ok") == "ok" and None not in (r["i"], r["j"], r["k"])
+            if good and shapes.get(uid) is not None:
+                kji = np.array([r["k"], r["j"], r["i"]], dtype=np.float64)
+                good = bool(np.all(np.isfinite(kji) & (kji >= -0.5) & (kji <= np.asarray(shapes[uid]) - 0.5)))
+                if not good:
+                    log.warning("%s: %s localizer at voxel (k, j, i) %s is outside the preprocessed volume %s: "
+                                "not used", uid, r["location"], np.round(kji, 1).tolist(), list(shapes[uid]))
             if not good or r["location"] not in LOCATION_COLS:
                 unmapped[uid] = unmapped.get(uid, 0) + 1
                 continue
@@ -237,8 +246,8 @@ def build_cache(pre_dir: str | Path, out_dir: str | Path, cfg: CacheConfig | Non
     cfg = cfg or CacheConfig()
     out = Path(out_dir)
     entries = out / "entries"
+    tasks, skipped, series = plan_cache(pre_dir, cfg)  # first: an unusable input table writes nothing
     entries.mkdir(parents=True, exist_ok=True)
-    tasks, skipped, series = plan_cache(pre_dir, cfg)
     for uid, why in skipped.items():
         log.warning("cache: skipping %s: %s", uid, why)
     result = CacheResult(index=pl.DataFrame(), skipped=skipped)

@@ -162,12 +162,15 @@ def fallback_values(run_dir: str | Path, cfg: PredictorConfig) -> list[float]:
 
 def preprocess_config(meta: dict[str, Any], spacing_mm: float) -> Any:
     """The training run's PreprocessConfig (unknown keys dropped) at ``spacing_mm`` isotropic, without writing."""
+    from ..preprocess.geometry import DEFAULT_MAX_VOXELS
     from ..preprocess.pipeline import PreprocessConfig
 
     known = {f.name for f in dataclasses.fields(PreprocessConfig)}
     saved = {k: v for k, v in (meta.get("preprocessing") or {}).items() if k in known}
     cfg = from_dict(PreprocessConfig, saved)
-    return dataclasses.replace(cfg, spacing=(spacing_mm,) * 3, write_nifti=False)
+    # A run preprocessed without a grid limit (max_voxels null) still gets one at prediction: never unbounded.
+    limit = DEFAULT_MAX_VOXELS if cfg.max_voxels is None else cfg.max_voxels
+    return dataclasses.replace(cfg, spacing=(spacing_mm,) * 3, write_nifti=False, max_voxels=limit)
 
 
 def fallback_region_stage(run_dir: str | Path, sigma_mm: float, prior: np.ndarray | None,

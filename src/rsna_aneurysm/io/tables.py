@@ -10,12 +10,17 @@ row: the header is not counted, so data row ``n`` is line ``n + 1`` of a CSV) an
 - a Modality not in :data:`rsna_aneurysm.constants.MODALITIES` (when the table has a Modality column);
 - localizer coordinates that are not a short ``{'x': .., 'y': .., ['f': ..]}`` dict of finite numbers (``f`` a
   non-negative integer), parsed with :func:`ast.literal_eval` on a string capped at :data:`MAX_COORDINATES_CHARS`;
-- a localizer location not in :data:`rsna_aneurysm.constants.LOCATION_COLS`.
+- a localizer location not in :data:`rsna_aneurysm.constants.LOCATION_COLS`;
+- a header that names a column twice (polars would silently rename the second one).
 
 Decision: a localizer whose series is not in the series table is *not* an error (a subset of train.csv may be
 preprocessed with the full localizer file); :func:`read_localizers_table` logs a warning naming those series and
-the caller simply has no series to attach them to. Whether a point lies inside its image can only be checked once
-the series is loaded: see :func:`rsna_aneurysm.preprocess.annotations.map_localizers`.
+the caller simply has no series to attach them to. A localizer row that repeats an earlier row exactly is kept once
+(a warning names the rows): it would otherwise weigh its aneurysm twice in the patch cache. Whether a point lies
+inside its image can only be checked once the series is loaded: see
+:func:`rsna_aneurysm.preprocess.annotations.map_localizers` (outside the image or not finite: an unmapped localizer,
+the reason in the series record's ``localizers[].status``), and ``rsna_aneurysm.data.cache.plan_cache`` (a mapped
+point outside the preprocessed, head-cropped volume is not used as a positive centre).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ LOCATION_COL = "location"
 LOCALIZER_COLS: tuple[str, ...] = (ID_COL, SOP_COL, COORD_COL, LOCATION_COL)
 # A competition coordinates string is ~40 characters; anything longer than this is refused before parsing.
 MAX_COORDINATES_CHARS = 1000
+# A frame index above this is refused (a multi-frame file holds hundreds of frames; an Int64 column holds it).
+MAX_FRAME = 2**31 - 1
 _LABEL_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 
 
@@ -73,9 +80,15 @@ def _read_text(path: Path) -> pl.DataFrame:
         if path.suffix.lower() == ".parquet":
             df = pl.read_parquet(path)
             return df.with_columns(pl.all().cast(pl.String))
-        return pl.read_csv(path, infer_schema_length=0)
+        df = pl.read_csv(path, infer_schema_length=0)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as e:
         raise TableError(f"{path}: cannot read table: {e}") from e
+    # polars renames a repeated header name to '<name>_duplicated_<n>': which of the two columns counts is unclear.
+    for c in df.columns:
+        base, sep, n = c.rpartition("_duplicated_")
+        if sep and n.isdigit() and base in df.columns:
+            raise TableError(f"{_where(path, column=base)}: the header names column {base!r} more than once")
+    return df
 
 
 def check_columns(df: pl.DataFrame, required: Iterable[str], source: object) -> None:
@@ -177,11 +190,24 @@ def check_label_frame(df: pl.DataFrame, source: object, require_labels: bool = T
     return check_labels(df, source)
 
 
+def _finite(v: object) -> float | None:
+    """``v`` as a float when it is a finite real number (not a bool); None otherwise (an int too big for a float
+    included: ``float(10**400)`` raises OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        x = float(v)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def parse_coordinates_text(text: object) -> tuple[float, float, int | None]:
     """``"{'x': 258.36, 'y': 261.36[, 'f': 12]}"`` -> ``(x, y, f or None)``; ValueError for anything else.
 
     The string is length-capped before :func:`ast.literal_eval` (which is safe but not cheap on huge input); only
-    the keys x, y and f are allowed; x and y must be finite numbers, f a non-negative integer."""
+    the keys x, y and f are allowed; x and y must be finite numbers, f a non-negative integer (at most
+    :data:`MAX_FRAME`)."""
     if isinstance(text, dict):
         value = text
     else:
@@ -202,14 +228,13 @@ def parse_coordinates_text(text: object) -> tuple[float, float, int | None]:
     xy = []
     for k in ("x", "y"):
         v = value[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        if _finite(v) is None:
             raise ValueError(f"coordinate {k}={str(v)[:40]!r} is not a finite number")
         xy.append(float(v))
     f = value.get("f")
     if f is not None:
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(float(f)) \
-                or float(f) != int(f) or int(f) < 0:
-            raise ValueError(f"frame f={str(f)[:40]!r} is not a non-negative integer")
+        if _finite(f) is None or float(f) != int(f) or not 0 <= int(f) <= MAX_FRAME:
+            raise ValueError(f"frame f={str(f)[:40]!r} is not a non-negative integer (at most {MAX_FRAME})")
         f = int(f)
     return xy[0], xy[1], f
 
@@ -239,4 +264,12 @@ def read_localizers_table(path: str | Path, series: Iterable[str] | None = None)
             shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
             log.warning("%s: localizers of %d series not in the series table (ignored): %s", path, len(unknown),
                         shown)
+    # An exact repeat of a row (same series, SOPInstanceUID, coordinates, location) would weigh that aneurysm twice
+    # in the patch cache: only its first occurrence is kept, with a warning naming the rows.
+    first = df.select(pl.struct(list(LOCALIZER_COLS)).is_first_distinct()).to_series()
+    if not first.all():
+        rows = [n for n, keep in enumerate(first.to_list(), start=1) if not keep]
+        log.warning("%s: %d row(s) repeat an earlier row exactly and are ignored: row(s) %s", path, len(rows),
+                    ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else ""))
+        df = df.filter(first)
     return df

@@ -15,9 +15,12 @@ from ..volume import Volume
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
 
 # Most voxels a resampled grid may have (default of ``PreprocessConfig.max_voxels`` and of ``resample``): 2e8 voxels
-# are 800 MB as float32. A head CTA is ~15e6 voxels at 1 mm (~120e6 at 0.5 mm), and even a 512x512x1000 series
-# at 0.4 x 0.4 x 0.5 mm uncropped is ~105e6 at 1 mm, so real series pass at the kit's spacings (1 mm and coarser);
-# a header claiming e.g. 100 mm pixels (a grid of tens of GB) fails here before anything is allocated.
+# are 800 MB as float32. A head CTA is ~15e6 voxels at 1 mm (~120e6 at 0.5 mm); a 512x512x1000 series at
+# 0.4 x 0.4 x 0.5 mm is 205 x 205 x 500 mm, ~21e6 at 1 mm, and even a 400 x 400 mm field over 600 mm (head to
+# aortic arch, uncropped) is ~96e6, so real series pass at the kit's spacings (1 mm, the finest any shipped config
+# uses, and the budget's coarser levels). The loader's own plausibility ranges still admit a header asking for
+# ~1e9 voxels (1 m along each axis); such a header, or one claiming e.g. 100 mm pixels, fails here before anything
+# is allocated.
 DEFAULT_MAX_VOXELS = 200_000_000
 
 
