@@ -284,3 +284,13 @@ def test_an_exactly_repeated_localizer_row_is_kept_once(tmp_path, caplog):
     p = _locs(tmp_path / "loc.csv", [row, f"1.2.1,9.9.1,\"{{'x': 3, 'y': 2}}\",{LOCATION_COLS[0]}", row])
     df = read_localizers_table(p, series=["1.2.1"])
     assert df.height == 2 and "row(s) 3" in caplog.text and str(p) in caplog.text
+
+
+def test_the_gateway_prevalence_reader_names_a_bad_label(tmp_path) -> None:
+    from rsna_aneurysm.infer.predictors import PredictorSpecError, label_prevalence
+
+    path = tmp_path / "train.csv"
+    pl.DataFrame({ID_COL: ["1.2.3", "1.2.4"], **{c: ["0", "yes" if c == LABEL_COLS[-1] else "0"]
+                                                 for c in LABEL_COLS}}).write_csv(path)
+    with pytest.raises(PredictorSpecError, match=r"row 2.*Aneurysm Present.*yes"):
+        label_prevalence(path)

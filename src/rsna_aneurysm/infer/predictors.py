@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from ..constants import LABEL_COLS
+from ..io.tables import TableError, read_labels_table
 
 BUILTIN_PREDICTORS = ("constant",)
 
@@ -33,8 +34,10 @@ class PredictorSpecError(ValueError):
 def label_prevalence(train_csv: str | Path) -> dict[str, float]:
     """Mean of each label column of a train.csv (the fraction of positive series)."""
     path = Path(train_csv)
-    try:
-        df = pl.read_csv(path, columns=list(LABEL_COLS))
+    try:  # validated like every input table: a label 'yes' is one error naming file, row and column
+        df = read_labels_table(path)
+    except TableError as e:
+        raise PredictorSpecError(str(e)) from e
     except (pl.exceptions.PolarsError, OSError) as e:
         raise PredictorSpecError(f"{path}: cannot read the label columns: {e}") from e
     if df.height == 0:
