@@ -200,18 +200,6 @@ def read_region_targets(pre: str | Path | PreDir) -> pl.DataFrame:
     return pl.read_parquet(_need(pre.region_targets, f"rsna-aneurysm region targets --pre {pre.root}"))
 
 
-def read_labels(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """A ``train.csv`` / ``solution.csv`` / ``test.csv``-like table with the series UID kept as text."""
-    from .io.tables import check_columns, read_series_table  # imported here: io.tables imports layout
-
-    path = _need(Path(path), "rsna-aneurysm synth or the competition download")
-    df = read_series_table(path)  # validated (TableError): unique safe UIDs, labels 0/1, known modalities
-    if columns is None:
-        return df
-    check_columns(df, columns, path)
-    return df.select(columns)
-
-
 # -- the patch cache (written by `rsna-aneurysm cache`) ----------------------------------------------------------
 @dataclass(frozen=True)
 class CacheDir:

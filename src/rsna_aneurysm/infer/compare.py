@@ -21,7 +21,8 @@ import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
 from ..io.atomic import atomic_path, atomic_write_text
-from ..layout import TestDir, read_labels
+from ..io.tables import read_labels
+from ..layout import TestDir
 from .oof import OOFError, preprocessed_dir, run_oof
 from .pipeline import PredictorConfig
 

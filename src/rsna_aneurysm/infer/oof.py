@@ -21,7 +21,8 @@ import polars as pl
 
 from ..constants import ID_COL, LABEL_COLS
 from ..io.atomic import atomic_path, atomic_write_text
-from ..layout import CacheDir, PreDir, RunDir, read_labels, read_localizers, read_manifest
+from ..io.tables import read_labels
+from ..layout import CacheDir, PreDir, RunDir, read_localizers, read_manifest
 from ..volume import Volume
 from .pipeline import PredictorConfig, ScanPipeline, ScanResult, WeightsError, write_prevalence
 

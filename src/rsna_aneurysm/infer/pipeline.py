@@ -28,7 +28,8 @@ import polars as pl
 
 from ..config import from_dict, require
 from ..constants import LABEL_COLS, LOCATION_COLS
-from ..layout import REGION_FILES, RunDir, read_labels, region_files
+from ..io.tables import read_labels
+from ..layout import REGION_FILES, RunDir, region_files
 from ..region.finder import RegionBox, RegionConfig, RegionLocator
 from ..region.geometry import Grid
 from ..region.stage_one import (

@@ -182,6 +182,19 @@ def read_labels_table(path: str | Path) -> pl.DataFrame:
     return read_series_table(path, require_labels=True)
 
 
+def read_labels(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A ``train.csv`` / ``solution.csv`` / ``test.csv``-like table (labels optional), validated like
+    :func:`read_series_table`, UIDs as text; ``columns``: only these (each required)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingTableError(f"{path}: no such file (written by rsna-aneurysm synth or the competition download)")
+    df = read_series_table(path)
+    if columns is None:
+        return df
+    check_columns(df, columns, path)
+    return df.select(columns)
+
+
 def check_label_frame(df: pl.DataFrame, source: object, require_labels: bool = True) -> pl.DataFrame:
     """The checks of :func:`read_series_table` on an already read frame (rows numbered as in the frame)."""
     check_columns(df, (ID_COL, *(LABEL_COLS if require_labels else ())), source)
