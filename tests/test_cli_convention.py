@@ -31,8 +31,8 @@ from rsna_aneurysm.config import ConfigError
 
 SRC = Path(cli_common.__file__).resolve().parent
 
-HELP_ORDER = ["synth", "inspect", "preprocess", "folds", "region", "cache", "train", "oof", "score", "pipelines",
-              "mine", "predict", "package", "push", "gateway", "view"]
+HELP_ORDER = ["synth", "inspect", "preprocess", "nnunet-export", "folds", "region", "cache", "train", "oof", "score",
+              "pipelines", "mine", "predict", "package", "push", "gateway", "view"]
 
 # A config key of the right name with a value of the wrong type, per command that takes overrides.
 BAD_VALUES = {

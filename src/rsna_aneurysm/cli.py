@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "rsna_aneurysm.data.cli:add_synth_parser",
     "rsna_aneurysm.preprocess.cli:add_inspect_parser",
     "rsna_aneurysm.preprocess.cli:add_preprocess_parser",
+    "rsna_aneurysm.preprocess.cli:add_nnunet_export_parser",
     "rsna_aneurysm.evaluate.cli:add_folds_parser",
     "rsna_aneurysm.region.cli:add_region_parser",
     "rsna_aneurysm.data.cache_cli:add_cache_parser",

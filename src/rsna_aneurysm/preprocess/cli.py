@@ -1,4 +1,5 @@
-"""``rsna-aneurysm inspect`` (one DICOM series' geometry and flags) and ``rsna-aneurysm preprocess`` (a dataset)."""
+"""``rsna-aneurysm inspect`` (one DICOM series' geometry and flags), ``rsna-aneurysm preprocess`` (a dataset) and
+``rsna-aneurysm nnunet-export`` (the vessel-segmentation set in nnU-Net v2's raw format)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli_common import add_command, add_config_argument, overrides, resolve_config
+from ..cli_common import UsageError, add_command, add_config_argument, overrides, resolve_config
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -65,3 +66,36 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     if len(ok):
         print(ok.group_by("Modality").len().sort("Modality"))
     return 0 if len(ok) or not len(manifest) else 1
+
+
+def _dataset_id(value: str) -> int:
+    if not value.strip().isdigit() or not 1 <= int(value) <= 999:
+        raise argparse.ArgumentTypeError(f"--dataset-id takes an integer 1..999, got {value!r}")
+    return int(value)
+
+
+def add_nnunet_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "nnunet-export", cmd_nnunet_export,
+                    help="export the vessel segmentations of a preprocessed folder as an nnU-Net v2 raw dataset",
+                    description="Write OUT/DatasetXXX_NAME/ (imagesTr/, labelsTr/, dataset.json, cases.csv) from "
+                                "every ok series of PRE that has a vessel segmentation, for nnUNetv2_plan_and_"
+                                "preprocess and nnUNetv2_train (nnunetv2 is not a dependency of the kit).")
+    p.add_argument("--pre", type=Path, required=True, help="preprocessed folder (rsna-aneurysm preprocess)")
+    p.add_argument("--out", type=Path, required=True, help="nnU-Net raw folder (e.g. $nnUNet_raw)")
+    p.add_argument("--dataset-id", type=_dataset_id, default=501, help="nnU-Net dataset id 1..999 (default 501)")
+    p.add_argument("--name", default="RSNAVessels", help="dataset name (default RSNAVessels)")
+    p.add_argument("--link", action="store_true", help="symlink the images instead of copying them")
+    return p
+
+
+def cmd_nnunet_export(args: argparse.Namespace) -> int:
+    from .nnunet_export import dataset_folder_name, export_nnunet_raw
+
+    try:
+        dataset_folder_name(args.dataset_id, args.name)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    folder = export_nnunet_raw(args.pre, args.out, dataset_id=args.dataset_id, name=args.name, link=args.link)
+    n = json.loads((folder / "dataset.json").read_text())["numTraining"]
+    print(f"{n} cases written to {folder}")
+    return 0
