@@ -19,9 +19,6 @@ from ..io.tables import MissingTableError, TableError, check_label_frame
 log = logging.getLogger(__name__)
 
 
-
-
-
 class SeriesIdMismatchError(TableError):
     """Predictions and labels do not cover the same series; ``missing`` and ``extra`` list the ids."""
 
@@ -81,10 +78,7 @@ def check_unique_ids(df: pl.DataFrame, source: str) -> None:
 def label_frame(df: pl.DataFrame, source: str) -> pl.DataFrame:
     """SeriesInstanceUID plus the 14 label columns by name (in submission order); other columns are kept after."""
     check_unique_ids(df, source)
-    missing = [c for c in LABEL_COLS if c not in df.columns]
-    if missing:
-        raise TableError(f"{source}: missing label column(s) {missing}")
-    df = check_label_frame(df, source)  # labels 0/1 (no nulls), safe UIDs, known modalities; row and column named
+    df = check_label_frame(df, source)  # columns, labels 0/1 (no nulls), safe UIDs, known modalities; row and column
     rest = [c for c in df.columns if c not in (ID_COL, *LABEL_COLS)]
     return df.select(ID_COL, *LABEL_COLS, *rest)
 
