@@ -59,6 +59,7 @@ class Segment:
     r0: float
     r1: float
     location: str
+    name: str = ""  # the vessel (e.g. "M1"), where the builder knows it
 
     @property
     def label(self) -> int:
@@ -169,6 +170,7 @@ class Aneurysm:
     elongation: float  # semi-axis along ``axis`` = radius * elongation
     axis: np.ndarray  # unit vector
     attach: np.ndarray  # point on the parent vessel's centre line
+    site: str = ""  # bench preset: bifurcation | bend | origin | sidewall | straight
 
     def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         dx, dy, dz = x - self.center[0], y - self.center[1], z - self.center[2]

@@ -24,7 +24,7 @@ from pydicom.uid import RLELossless
 from ...constants import ID_COL, LABEL_COLS, LOCALIZER_COLS
 from ...io.atomic import atomic_write_csv, atomic_write_text
 from .geometry import PRESETS
-from .labels import COVER_MIN_SERIES, SPLIT_CODES, Case, cases_frame, draw_cases
+from .labels import COVER_MIN_SERIES, SPLIT_CODES, Case, cases_frame, draw_cases, label_profile
 from .series import SeriesSpec, coordinates_str, make_series
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,15 @@ def _localizer_frame(truths: list[dict]) -> pl.DataFrame:
 
 def generate_dataset(out: Path, n_series: int, preset: str = "tiny", seed: int = 0, n_test: int | None = None,
                      workers: int = 1, overwrite: bool = False, progress: bool = False,
-                     test_cover_labels: bool = False) -> dict:
+                     test_cover_labels: bool = False, test_cover_min: int = 1) -> dict:
     """Write a synthetic competition folder into ``out`` (layout in docs/layout.md); return summary counts.
 
     ``n_test`` extra series (default ``max(2, n_series // 5)``) go to ``out/test`` with test-time tags only.
     Labels equal ``draw_label_table(n_series, seed)``. The same arguments give byte-identical files.
     ``test_cover_labels`` draws the test labels with ``cover_labels=True`` (every column of ``test/solution.csv``
     holds both classes, so the metric is defined); it needs ``n_test >= COVER_MIN_SERIES`` (16), the default then.
+    ``test_cover_min`` (with ``test_cover_labels``) asks for that many positive test series per location. Preset
+    ``bench`` also draws its labels from the real localizer counts with one series per patient (``label_profile``).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
@@ -137,8 +139,10 @@ def generate_dataset(out: Path, n_series: int, preset: str = "tiny", seed: int =
     start = time.perf_counter()
     out = Path(out)
     _prepare_out(out, overwrite)
-    train_cases = draw_cases(n_series, seed, "train")
-    test_cases = draw_cases(n_test, seed, "test", cover_labels=test_cover_labels)
+    profile = label_profile(preset)
+    train_cases = draw_cases(n_series, seed, "train", profile=profile)
+    test_cases = draw_cases(n_test, seed, "test", cover_labels=test_cover_labels, profile=profile,
+                            cover_min=test_cover_min)
     train_specs = plan_specs(train_cases, "train", preset, seed)
     test_specs = plan_specs(test_cases, "test", preset, seed)
     n_seg = min(n_series, max(int(round(SEGMENTATION_RATE * n_series)), 1 if n_series >= 4 else 0))

@@ -13,7 +13,7 @@ import numpy as np
 from ...volume import Volume
 from .anatomy import rotation_matrix
 
-PRESETS = ("tiny", "small", "full")
+PRESETS = ("tiny", "small", "full", "bench")
 PLANES = ("axial", "coronal", "sagittal")
 POS_DECIMALS = 5  # ImagePositionPatient
 COS_DECIMALS = 8  # ImageOrientationPatient
@@ -39,7 +39,17 @@ PRESET_SIZES: dict[str, PresetSize] = {
     "tiny": PresetSize(pixels=(32, 36, 40, 44, 48), slices=(20, 40)),
     "small": PresetSize(pixels=(96, 104, 112, 120, 128), slices=(64, 128)),
     "full": PresetSize(pixels=(512,), slices=None),
+    "bench": PresetSize(pixels=(), slices=None),  # from spacing and field of view: see _bench_coverage_and_spacing
 }
+# ``bench``: native-like spacing on a field of view cropped to the head, per modality. In-plane pixel (mm),
+# in-plane field of view (mm), slice spacing (mm) and coverage along the slice normal (mm).
+BENCH_IN_PLANE_MM: dict[str, tuple[float, float]] = {
+    "CTA": (0.6, 0.75), "MRA": (0.6, 0.8), "MRI T2": (0.6, 0.8), "MRI T1post": (0.7, 0.8)}
+BENCH_FOV_MM = (185.0, 205.0)
+BENCH_SLICE_MM: dict[str, tuple[float, float]] = {
+    "CTA": (0.6, 0.9), "MRA": (0.6, 0.9), "MRI T2": (3.0, 5.0), "MRI T1post": (0.9, 1.0)}
+BENCH_COVERAGE_MM: dict[str, tuple[float, float]] = {
+    "CTA": (80.0, 95.0), "MRA": (65.0, 80.0), "MRI T2": (110.0, 130.0), "MRI T1post": (85.0, 100.0)}
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ def plane_cosines(plane: str, tilt: np.ndarray | None = None) -> tuple[tuple[flo
 def _coverage_and_spacing(preset: str, modality: str, plane: str, rng: np.random.Generator
                           ) -> tuple[int, int, float, float, int, float, float]:
     """(rows, cols, row spacing, col spacing, slices, slice spacing, slice thickness) before rounding."""
+    if preset == "bench":
+        return _bench_coverage_and_spacing(modality, rng)
     slab = modality == "MRA"
     along = {"axial": (150.0, 190.0), "coronal": (150.0, 185.0), "sagittal": (130.0, 160.0)}[plane]
     coverage = rng.uniform(85.0, 115.0) if slab else rng.uniform(*along)
@@ -158,6 +170,19 @@ def _coverage_and_spacing(preset: str, modality: str, plane: str, rng: np.random
     col_sp = px * (rng.uniform(1.0, 1.06) if rng.random() < 0.15 else 1.0)
     thickness = slice_sp * (rng.choice([1.0, 1.0, 1.25, 2.0]) if slice_sp < 1.5 else 1.0)
     return rows, cols, row_sp, col_sp, n, slice_sp, float(thickness)
+
+
+def _bench_coverage_and_spacing(modality: str, rng: np.random.Generator
+                                ) -> tuple[int, int, float, float, int, float, float]:
+    """``bench``: native-like pixels and slices (thin for CTA, MRA, 3D T1post; 3-5 mm for T2) around the head."""
+    px = float(rng.uniform(*BENCH_IN_PLANE_MM[modality]))
+    cols = int(round(rng.uniform(*BENCH_FOV_MM) / px / 4.0)) * 4
+    rows = cols - 16 if rng.random() < 0.3 else cols
+    slice_sp = float(rng.uniform(*BENCH_SLICE_MM[modality]))
+    n = int(round(rng.uniform(*BENCH_COVERAGE_MM[modality]) / slice_sp))
+    col_sp = px * (rng.uniform(1.0, 1.04) if rng.random() < 0.15 else 1.0)
+    thickness = slice_sp * (float(rng.choice([1.0, 1.25, 1.5])) if slice_sp < 1.5 else 1.0)
+    return rows, cols, px, col_sp, n, slice_sp, thickness
 
 
 def plan_grid(preset: str, modality: str, plane: str, center: np.ndarray, rng: np.random.Generator,

@@ -41,8 +41,45 @@ LOCATION_COUNTS: dict[str, int] = {
 ANEURYSM_COUNT_PROBS: tuple[float, ...] = (0.83, 0.13, 0.04)
 # Series per patient: 1 or 2 (mean 1.2). Sets under 8 series use one series per patient.
 SERIES_PER_PATIENT_PROBS: tuple[float, ...] = (0.8, 0.2)
+# The real localizer counts per location (the widely shared copy of train_localizers.csv, 2,286 rows): the
+# ``bench`` preset draws locations in these proportions.
+REAL_LOCATION_COUNTS: dict[str, int] = {
+    "Left Infraclinoid Internal Carotid Artery": 83,
+    "Right Infraclinoid Internal Carotid Artery": 104,
+    "Left Supraclinoid Internal Carotid Artery": 354,
+    "Right Supraclinoid Internal Carotid Artery": 293,
+    "Left Middle Cerebral Artery": 226,
+    "Right Middle Cerebral Artery": 317,
+    "Anterior Communicating Artery": 375,
+    "Left Anterior Cerebral Artery": 46,
+    "Right Anterior Cerebral Artery": 62,
+    "Left Posterior Communicating Artery": 88,
+    "Right Posterior Communicating Artery": 101,
+    "Basilar Tip": 113,
+    "Other Posterior Circulation": 124,
+}
 FEMALE_RATE = 0.62
 AGE_MEAN, AGE_SD, AGE_MIN, AGE_MAX = 57.0, 14.0, 18, 89
+
+
+
+@dataclass(frozen=True)
+class LabelProfile:
+    """Which location counts and series-per-patient mix a preset draws from."""
+
+    location_counts: dict[str, int]
+    series_per_patient_probs: tuple[float, ...]
+
+
+DEFAULT_PROFILE = LabelProfile(LOCATION_COUNTS, SERIES_PER_PATIENT_PROBS)
+# The benchmark: real localizer counts and, as in the real data, one series per patient.
+BENCH_PROFILE = LabelProfile(REAL_LOCATION_COUNTS, (1.0,))
+
+
+def label_profile(preset: str) -> LabelProfile:
+    """The label profile of a geometry preset: ``bench`` follows the real data more closely, the others as before."""
+    return BENCH_PROFILE if preset == "bench" else DEFAULT_PROFILE
+
 
 SPLIT_CODES = {"train": 1, "test": 2, "series": 3}
 # Smallest split ``cover_labels`` accepts: 13 locations need 13 aneurysms (at most 3 per series) and one negative
@@ -82,31 +119,32 @@ def quota(n: int, weights: np.ndarray) -> np.ndarray:
     return counts
 
 
-def location_probs() -> np.ndarray:
+def location_probs(profile: LabelProfile = DEFAULT_PROFILE) -> np.ndarray:
     """Probability of each location (LOCATION_COLS order) for one aneurysm."""
-    w = np.array([LOCATION_COUNTS[name] for name in LOCATION_COLS], dtype=np.float64)
+    w = np.array([profile.location_counts[name] for name in LOCATION_COLS], dtype=np.float64)
     return w / w.sum()
 
 
-def draw_locations(rng: np.random.Generator) -> tuple[str, ...]:
+def draw_locations(rng: np.random.Generator, profile: LabelProfile = DEFAULT_PROFILE) -> tuple[str, ...]:
     """The aneurysm locations of one positive series (1-3 aneurysms, repeats allowed)."""
     k = 1 + int(rng.choice(len(ANEURYSM_COUNT_PROBS), p=ANEURYSM_COUNT_PROBS))
-    idx = rng.choice(len(LOCATION_COLS), size=k, p=location_probs())
+    idx = rng.choice(len(LOCATION_COLS), size=k, p=location_probs(profile))
     return tuple(LOCATION_COLS[i] for i in idx)
 
 
-def _patient_sizes(n: int, rng: np.random.Generator) -> list[int]:
-    if n < 8:
+def _patient_sizes(n: int, rng: np.random.Generator, profile: LabelProfile = DEFAULT_PROFILE) -> list[int]:
+    probs = profile.series_per_patient_probs
+    if n < 8 or len(probs) == 1:
         return [1] * n
     sizes: list[int] = []
     while sum(sizes) < n:
-        sizes.append(1 + int(rng.choice(len(SERIES_PER_PATIENT_PROBS), p=SERIES_PER_PATIENT_PROBS)))
+        sizes.append(1 + int(rng.choice(len(probs), p=probs)))
     sizes[-1] -= sum(sizes) - n
     return sizes
 
 
-def _cover_locations(sizes: list[int], slots_of: dict[int, list[int]],
-                     rng: np.random.Generator) -> dict[int, list[int]]:
+def _cover_locations(sizes: list[int], slots_of: dict[int, list[int]], rng: np.random.Generator,
+                     profile: LabelProfile = DEFAULT_PROFILE) -> dict[int, list[int]]:
     """Change the location indices per positive patient (``slots_of``) as little as needed to use every location.
 
     While the aneurysms are fewer than the locations, one is added to a random positive patient with fewer than 3,
@@ -137,7 +175,7 @@ def _cover_locations(sizes: list[int], slots_of: dict[int, list[int]],
     for p in sorted(slots_of):
         for i, loc in enumerate(slots_of[p]):
             if loc < 0:
-                loc = missing.pop() if missing else int(rng.choice(n_loc, p=location_probs()))
+                loc = missing.pop() if missing else int(rng.choice(n_loc, p=location_probs(profile)))
                 slots_of[p][i] = loc
                 counts[loc] += 1
     while missing:  # total >= n_loc, so a location that is missing means another one is used twice or more
@@ -151,14 +189,49 @@ def _cover_locations(sizes: list[int], slots_of: dict[int, list[int]],
     return slots_of
 
 
-def draw_cases(n_series: int, seed: int, split: str = "train", *, cover_labels: bool = False) -> list[Case]:
+def _top_up_locations(slots_of: dict[int, list[int]], min_count: int,
+                      rng: np.random.Generator) -> dict[int, list[int]]:
+    """Make every location positive in at least ``min_count`` patients (after :func:`_cover_locations`).
+
+    A short location takes over an aneurysm of the location with the most positive patients (while that one keeps
+    more than ``min_count``), else is added to a positive patient with fewer than 3 aneurysms; the positive and
+    negative patients stay as they are.
+    """
+    n_loc, max_k = len(LOCATION_COLS), len(ANEURYSM_COUNT_PROBS)
+    slots_of = {p: list(s) for p, s in slots_of.items()}
+
+    def n_pos(loc: int) -> int:
+        return sum(loc in s for s in slots_of.values())
+
+    for loc in (int(v) for v in rng.permutation(n_loc)):
+        while n_pos(loc) < min_count:
+            counts = np.array([n_pos(i) for i in range(n_loc)])
+            donor = int(np.argmax(counts))
+            where = [(p, i) for p in sorted(slots_of) if loc not in slots_of[p]
+                     for i, v in enumerate(slots_of[p]) if v == donor] if counts[donor] > min_count else []
+            if where:
+                p, i = where[int(rng.integers(len(where)))]
+                slots_of[p][i] = loc
+                continue
+            growable = [p for p in sorted(slots_of) if len(slots_of[p]) < max_k and loc not in slots_of[p]]
+            if not growable:
+                raise ValueError(f"cover_min={min_count}: {len(slots_of)} positive series cannot hold "
+                                 f"{min_count} positives for each of {n_loc} locations")
+            slots_of[growable[int(rng.integers(len(growable)))]].append(loc)
+    return slots_of
+
+
+def draw_cases(n_series: int, seed: int, split: str = "train", *, cover_labels: bool = False,
+               profile: LabelProfile = DEFAULT_PROFILE, cover_min: int = 1) -> list[Case]:
     """Draw ``n_series`` cases (sorted by SeriesInstanceUID) with the competition's label statistics.
 
     With ``n_series >= 2`` there is at least one positive and one negative series. ``cover_labels=True`` (needs
     ``n_series >= COVER_MIN_SERIES``) also makes every location positive in at least one series, so each of the 14
     label columns holds both classes; it only changes the labels where the plain draw misses a location (adding
     aneurysms, up to 3 per series, before turning negative patients positive), and keeps the UIDs, patients,
-    demographics and modalities of the plain draw.
+    demographics and modalities of the plain draw. ``profile`` sets the location weights and series per patient
+    (:func:`label_profile` of the preset). ``cover_min > 1`` (with ``cover_labels``) asks for that many positive
+    patients per location (:func:`_top_up_locations`), so a benchmark's per-location AUCs rest on several cases.
     """
     if n_series < 0:
         raise ValueError(f"n_series must be >= 0, got {n_series}")
@@ -168,7 +241,7 @@ def draw_cases(n_series: int, seed: int, split: str = "train", *, cover_labels: 
         raise ValueError(f"cover_labels needs at least {COVER_MIN_SERIES} series (one positive per location and a "
                          f"negative one), got {n_series}")
     rng = np.random.default_rng([seed, SPLIT_CODES[split], 11])
-    sizes = _patient_sizes(n_series, rng)
+    sizes = _patient_sizes(n_series, rng, profile)
     target = int(round(POSITIVE_RATE * n_series))
     if n_series >= 2:
         target = min(max(target, 1), n_series - 1)
@@ -182,12 +255,15 @@ def draw_cases(n_series: int, seed: int, split: str = "train", *, cover_labels: 
     modalities = rng.permutation(np.repeat(np.arange(len(MODALITIES)), modality_counts))
     # Aneurysms per positive patient, then locations for all of them by quota, dealt out in random order.
     n_aneurysms = 1 + rng.choice(len(ANEURYSM_COUNT_PROBS), size=int(positive.sum()), p=ANEURYSM_COUNT_PROBS)
-    slots = rng.permutation(np.repeat(np.arange(len(LOCATION_COLS)), quota(int(n_aneurysms.sum()), location_probs())))
+    per_location = quota(int(n_aneurysms.sum()), location_probs(profile))
+    slots = rng.permutation(np.repeat(np.arange(len(LOCATION_COLS)), per_location))
     bounds = np.concatenate([[0], np.cumsum(n_aneurysms)])
     slots_of = {int(p): [int(i) for i in slots[bounds[q]:bounds[q + 1]]]
                 for q, p in enumerate(np.flatnonzero(positive))}
     if cover_labels:  # its own generator, so demographics (drawn below) match the plain draw
-        slots_of = _cover_locations(sizes, slots_of, np.random.default_rng([seed, SPLIT_CODES[split], 13]))
+        slots_of = _cover_locations(sizes, slots_of, np.random.default_rng([seed, SPLIT_CODES[split], 13]), profile)
+        if cover_min > 1:
+            slots_of = _top_up_locations(slots_of, cover_min, np.random.default_rng([seed, SPLIT_CODES[split], 17]))
     cases: list[Case] = []
     s = 0
     for p, size in enumerate(sizes):
@@ -223,10 +299,11 @@ def cases_frame(cases: list[Case], with_patient: bool = False) -> pl.DataFrame:
     return df
 
 
-def draw_label_table(n_series: int, seed: int) -> pl.DataFrame:
+def draw_label_table(n_series: int, seed: int, preset: str = "tiny") -> pl.DataFrame:
     """The train.csv table (18 columns plus ``PatientID``) that ``generate_dataset`` would write, without rendering.
 
-    Equal to the train split of ``generate_dataset(out, n_series, seed=seed)``; fold splitting tests use it at the
-    real size (4,348 series).
+    Equal to the train split of ``generate_dataset(out, n_series, preset=preset, seed=seed)`` (the labels depend on
+    the preset only through :func:`label_profile`: ``bench`` differs); fold splitting tests use it at the real size
+    (4,348 series).
     """
-    return cases_frame(draw_cases(n_series, seed, "train"), with_patient=True)
+    return cases_frame(draw_cases(n_series, seed, "train", profile=label_profile(preset)), with_patient=True)

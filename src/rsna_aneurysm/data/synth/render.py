@@ -8,7 +8,7 @@ blocks of slices, so memory stays bounded for 512 x 512 x 400 grids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +70,10 @@ class Scene:
     vessels: list[Segment]
     aneurysms: list[Aneurysm]
     vessel_scale: float = 1.0
+    # ``bench`` only (empty otherwise): unlabelled shapes with their values, painted after the tissues and before
+    # the vessels (skull base, veins), and after the aneurysms (small dots).
+    under: list[tuple[Ellipsoid | Segment, float]] = field(default_factory=list)
+    over: list[tuple[Ellipsoid | Segment, float]] = field(default_factory=list)
 
 
 def _separable_field(shape_kji: tuple[int, int, int], k0: int, k1: int, params: np.ndarray) -> np.ndarray:
@@ -164,7 +168,7 @@ class _Block:
         return np.clip(d, 0.0, 1.0, out=d)
 
 
-def _paint(values: np.ndarray, block: _Block, shape: Ellipsoid | Aneurysm, value: float) -> None:
+def _paint(values: np.ndarray, block: _Block, shape: Ellipsoid | Aneurysm | Segment, value: float) -> None:
     win = block.window(*shape.bbox())
     if win is None:
         return
@@ -211,6 +215,8 @@ def render(grid: Grid, scene: Scene, style: Style, rng: np.random.Generator, wit
             sub += brain * (tissue - sub)
         for shp in (*t.ventricles, t.cistern):
             _paint(v, block, shp, style.csf)
+        for shp, val in scene.under:
+            _paint(v, block, shp, val)
         for seg in scene.vessels:
             win = block.window(*seg.bbox(scene.vessel_scale))
             if win is None:
@@ -222,6 +228,8 @@ def render(grid: Grid, scene: Scene, style: Style, rng: np.random.Generator, wit
             sub += block.occupancy(d) * (np.float32(style.vessel) - sub)
         for an in scene.aneurysms:
             _paint(v, block, an, style.aneurysm)
+        for shp, val in scene.over:
+            _paint(v, block, shp, val)
         if style.bias:
             field = _separable_field(shape, k0, k1, bias_params)
             field *= np.float32(style.bias)

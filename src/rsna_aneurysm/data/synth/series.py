@@ -11,12 +11,18 @@ from ...constants import LOCATION_COLS, MODALITIES
 from ...io.nifti import write_volume
 from ...volume import Volume
 from .anatomy import COW_CENTER, Tissues, draw_aneurysm, draw_pose, landmarks, vessel_tree
+from .bench_anatomy import bench_tree, draw_bench_aneurysm, draw_diameter_mm, draw_lookalikes
+from .bench_style import draw_bench_style, lookalike_layers
 from .dicom_writer import PixelEncoding, SeriesHeader, draw_encoding, write_multiframe, write_slices
 from .geometry import PLANES, PRESETS, Grid, fit_points, plan_grid, plane_cosines
-from .labels import POSITIVE_RATE, draw_locations, make_uid
+from .labels import POSITIVE_RATE, draw_locations, label_profile, make_uid
 from .render import Scene, draw_style, render
 
 TILT_RATE = 0.25
+# ``bench``: the head-frame point each modality's field of view is centred on (the circle of Willis, a little
+# lower for CTA and MRA so the cavernous ICA is in, the whole brain's centre region for T2 and T1post).
+BENCH_FOCUS: dict[str, tuple[float, float, float]] = {
+    "CTA": (0.0, 0.0, -20.0), "MRA": (0.0, 3.0, -27.0), "MRI T2": (0.0, 0.0, -15.0), "MRI T1post": (0.0, 0.0, -18.0)}
 
 
 @dataclass
@@ -25,7 +31,7 @@ class SeriesSpec:
 
     modality: str = "CTA"  # one of constants.MODALITIES
     plane: str = "axial"  # axial | coronal | sagittal
-    preset: str = "tiny"  # tiny | small | full
+    preset: str = "tiny"  # tiny | small | full | bench (realistic anatomy, contrast and look-alikes)
     multiframe: bool = False  # one enhanced multi-frame file instead of one file per slice
     multiframe_no_geometry: bool = False  # strip PixelSpacing + ImageOrientationPatient everywhere
     reversed: bool = False  # IPP decreasing with InstanceNumber (multi-frame: frames stored top first)
@@ -141,22 +147,40 @@ def make_series(out_dir: Path, spec: SeriesSpec, series_uid: str | None = None, 
         raise FileExistsError(f"{out_dir}: already holds DICOM files; a series folder must start empty")
     rng = np.random.default_rng([spec.seed, 97])
     uid = series_uid or make_uid(spec.seed, "make_series", repr(spec))
+    bench = spec.preset == "bench"
     locations = spec.locations
     if locations is None:
-        locations = draw_locations(rng) if rng.random() < POSITIVE_RATE else ()
+        locations = draw_locations(rng, label_profile(spec.preset)) if rng.random() < POSITIVE_RATE else ()
     pose = draw_pose(rng)
     tilt = spec.tilt if spec.tilt is not None else bool(rng.random() < TILT_RATE)
-    focus = COW_CENTER + np.array([0.0, 0.0, -5.0]) if spec.modality == "MRA" else np.array([0.0, 0.0, -15.0])
+    if bench:
+        focus = np.asarray(BENCH_FOCUS[spec.modality])
+    else:
+        focus = COW_CENTER + np.array([0.0, 0.0, -5.0]) if spec.modality == "MRA" else np.array([0.0, 0.0, -15.0])
     grid = plan_grid(spec.preset, spec.modality, spec.plane, pose.to_world(focus), rng, tilt=tilt)
     in_plane = float(np.sqrt(grid.row_spacing * grid.col_spacing))
-    vessel_scale = max(1.0, 0.5 * in_plane / pose.scale)
-    tree = vessel_tree()
-    aneurysms = [draw_aneurysm(loc, _aneurysm_radius_mm(spec.preset, in_plane, rng) / pose.scale, rng, tree,
-                               vessel_scale) for loc in locations]
+    lookalikes = None
+    if bench:  # its own generator: the anatomy does not shift the draws of the grid, style and encoding
+        bench_rng = np.random.default_rng([spec.seed, 101])
+        vessel_scale = 1.0
+        tree = bench_tree(bench_rng, pose.scale)
+        aneurysms = [draw_bench_aneurysm(loc, draw_diameter_mm(bench_rng), bench_rng, tree, pose.scale)
+                     for loc in locations]
+        lookalikes = draw_lookalikes(tree, bench_rng, pose.scale)
+    else:
+        vessel_scale = max(1.0, 0.5 * in_plane / pose.scale)
+        tree = vessel_tree()
+        aneurysms = [draw_aneurysm(loc, _aneurysm_radius_mm(spec.preset, in_plane, rng) / pose.scale, rng, tree,
+                                   vessel_scale) for loc in locations]
     centers = np.array([pose.to_world(a.center) for a in aneurysms]).reshape(-1, 3)
     grid = fit_points(grid, centers)
     scene = Scene(pose=pose, tissues=Tissues(), vessels=tree, aneurysms=aneurysms, vessel_scale=vessel_scale)
-    style = draw_style(spec.modality, rng)
+    if lookalikes is None:
+        style = draw_style(spec.modality, rng)
+    else:
+        style, la_values = draw_bench_style(spec.modality, rng)
+        scene.vessels = sorted(tree + lookalikes.arteries, key=lambda seg: seg.label)
+        scene.under, scene.over = lookalike_layers(lookalikes, la_values)
     enc: PixelEncoding = draw_encoding(spec.modality, rng, spec.monochrome1)
     values, labels = render(grid, scene, style, rng, with_labels=seg_dir is not None)
     stored, truth_values = enc.encode(values, inplace=True)
@@ -205,6 +229,8 @@ def make_series(out_dir: Path, spec: SeriesSpec, series_uid: str | None = None, 
         truth_aneurysms.append({"location": an.location, "center_lps": [float(v) for v in c],
                                 "radius_mm": float(an.radius * pose.scale), "elongation": an.elongation,
                                 "slice_k": k, "sop_uid": row["SOPInstanceUID"], "frame": row["f"]})
+        if bench:
+            truth_aneurysms[-1] |= {"site": an.site, "attach_lps": [float(v) for v in pose.to_world(an.attach)]}
     volume = grid.volume(truth_values, spec.modality, meta={
         "sop_uids": sop_of_k, "frames": frame_of_k if spec.multiframe else None, "series_uid": uid,
         "spacing_guessed": False, "warnings": []})
@@ -232,6 +258,9 @@ def make_series(out_dir: Path, spec: SeriesSpec, series_uid: str | None = None, 
         "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()},
         "localizers": localizers,
     }
+    if lookalikes is not None:  # bench only, so the other presets' truth files stay as they were
+        truth["lookalikes"] = [{"kind": kind, "center_lps": [float(v) for v in pose.to_world(c)]}
+                               for kind, c in lookalikes.kinds]
     if keep_volume:
         truth["volume"] = volume
     return truth
