@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from rsna_aneurysm.constants import MODALITIES
-from rsna_aneurysm.infer.sliding_window import (
+from rsna_aneurysm.models.sliding_window import (
     SlidingWindowConfig,
     SlidingWindowInferer,
     prepare_model,

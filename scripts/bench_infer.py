@@ -22,7 +22,7 @@ import torch
 
 from _bench_infer import compare_with_monai, predict_timing, untrained_weights
 from rsna_aneurysm.constants import MODALITIES
-from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig
+from rsna_aneurysm.models.sliding_window import SlidingWindowConfig
 
 
 def _ints(value: str) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from rsna_aneurysm.config import ConfigError, apply_overrides, from_dict, load_config, require
-from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig
+from rsna_aneurysm.models.sliding_window import SlidingWindowConfig
 from rsna_aneurysm.preprocess.pipeline import PreprocessConfig
 from rsna_aneurysm.train.config import TrainConfig
 

@@ -18,6 +18,8 @@ LAYERS: list[set[str]] = [
     {"evaluate"},
     {"train"},
     {"region"},
+    {"vessels"},
+    {"roi"},
     {"infer"},
     {"kaggle"},
     {"viewer"},

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from rsna_aneurysm import runtime
-from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
+from rsna_aneurysm.models.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
 from rsna_aneurysm.runtime import autocast, autocast_dtype, resolve_device, resolve_precision
 from rsna_aneurysm.train.config import TrainConfig
 from rsna_aneurysm.train.distributed import DistInfo

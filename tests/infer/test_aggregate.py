@@ -19,7 +19,7 @@ from rsna_aneurysm.infer.aggregate import (
     sigmoid,
     unflip_labels,
 )
-from rsna_aneurysm.infer.sliding_window import SlidingWindowConfig, SlidingWindowInferer
+from rsna_aneurysm.models.sliding_window import SlidingWindowConfig, SlidingWindowInferer
 
 LEFT_MCA = LABEL_COLS.index("Left Middle Cerebral Artery")
 RIGHT_MCA = LABEL_COLS.index("Right Middle Cerebral Artery")

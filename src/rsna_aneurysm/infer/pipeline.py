@@ -44,7 +44,7 @@ from ..volume import Volume
 from .aggregate import AggregateConfig
 from .budget import BudgetConfig
 from .scan import crop_to_mask, predict_volume
-from .sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
+from ..models.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
 from .two_stage import TwoStageConfig, apply_rules
 
 log = logging.getLogger(__name__)

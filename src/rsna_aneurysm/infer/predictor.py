@@ -42,7 +42,7 @@ from .pipeline import (
     read_prevalence,
     write_prevalence,
 )
-from .sliding_window import save_heatmap
+from ..models.sliding_window import save_heatmap
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..volume import Volume
 from .aggregate import AggregateConfig, combine, finalize, flip_lr, scan_probabilities
-from .sliding_window import SlidingWindowInferer
+from ..models.sliding_window import SlidingWindowInferer
 
 
 @dataclass

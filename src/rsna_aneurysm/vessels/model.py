@@ -12,10 +12,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..config import require
+
+# Segmenter input: the image and three position channels (see position_channels).
+IN_CHANNELS = 4
+POSITION_SCALE_MM = 100.0
+
+
+def position_channels(shape: tuple[int, int, int], spacing_mm: float, start: np.ndarray | None = None,
+                      size: tuple[int, int, int] | None = None) -> np.ndarray:
+    """``(3, *size)`` float32: x, y, z in units of 100 mm from the centre of a volume of ``shape`` voxels (k, j, i)
+    at ``spacing_mm``, for the window of ``size`` voxels starting at ``start`` (default: the whole volume).
+
+    The volumes the kit segments are cropped to the head, so the centre is the head's and these channels tell the
+    network where in the head a voxel is: which artery a vessel is follows mostly from where it runs (left or
+    right, anterior or posterior), which a 48-voxel window cannot see (CoordConv)."""
+    start = np.zeros(3, np.int64) if start is None else np.asarray(start)
+    size = tuple(shape) if size is None else tuple(size)
+    axes = [((start[a] + np.arange(size[a])) - (shape[a] - 1) / 2.0) * spacing_mm / POSITION_SCALE_MM
+            for a in range(3)]
+    z = np.broadcast_to(axes[0][:, None, None], size)
+    y = np.broadcast_to(axes[1][None, :, None], size)
+    x = np.broadcast_to(axes[2][None, None, :], size)
+    return np.stack([x, y, z]).astype(np.float32)
 
 
 @dataclass

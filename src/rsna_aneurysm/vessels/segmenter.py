@@ -19,8 +19,9 @@ import torch.nn as nn
 
 from ..config import from_dict
 from ..region.geometry import Grid
+from ..runtime import resolve_precision
 from ..volume import Volume
-from .model import UNetConfig, build_unet
+from .model import IN_CHANNELS, UNetConfig, build_unet, position_channels
 from .types import N_VESSEL_CLASSES, VesselProbs
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class KitSegmenter:
     def __init__(self, net: nn.Module, spacing_mm: float, patch: tuple[int, int, int], unet: UNetConfig,
                  device: str = "auto", precision: str = "auto", overlap: float = 0.25,
                  meta: dict[str, Any] | None = None, copy_model: bool = False) -> None:
-        from ..infer.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
+        from ..models.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
 
         self.spacing_mm = float(spacing_mm)
         self.patch = tuple(int(p) for p in patch)
@@ -88,21 +89,25 @@ class KitSegmenter:
         self.inferer = SlidingWindowInferer(SlidingWindowConfig(
             roi_size=self.patch, overlap=overlap, device=device, precision=precision, heatmap_activation="none",
             skip_empty=False))
-        self.model = prepare_model(_Softmax(net), self.inferer.device, copy_model=copy_model, precision=precision)
+        # Float32 weights under autocast: nnU-Net's residual blocks pool on their skip path, which a CPU cannot do
+        # with bfloat16 weights; autocast runs the convolutions in bfloat16 and the pooling in float32.
+        self.model = prepare_model(_Softmax(net), self.inferer.device, copy_model=copy_model, precision="fp32")
+        self.model._rsna_precision = resolve_precision(precision, self.inferer.device)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "auto",
              overlap: float = 0.25) -> KitSegmenter:
         ckpt = read_segmenter(path)
         unet = from_dict(UNetConfig, ckpt["unet"])
-        net = build_unet(1, N_VESSEL_CLASSES, unet)
+        net = build_unet(IN_CHANNELS, N_VESSEL_CLASSES, unet)
         net.load_state_dict(ckpt["state_dict"])
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"} | {"path": str(path)}
         return cls(net, ckpt["spacing_mm"], tuple(ckpt["patch"]), unet, device, precision, overlap, meta)
 
     def segment(self, vol: Volume) -> VesselProbs:
         image, grid = image_to_grid(vol, self.spacing_mm)
-        out = self.inferer(self.model, image)
+        x = np.concatenate([image[None], position_channels(image.shape, self.spacing_mm)])
+        out = self.inferer(self.model, x)
         probs = np.asarray(out.heatmap, dtype=np.float32)
         probs /= np.clip(probs.sum(axis=0, keepdims=True), 1e-6, None)
         return VesselProbs(probs=probs, grid=grid, source=self.source)

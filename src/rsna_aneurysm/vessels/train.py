@@ -31,7 +31,7 @@ from ..io.atomic import atomic_write_csv, atomic_write_text
 from ..io.nifti import read_volume
 from ..layout import PreDir, read_manifest
 from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
-from .model import UNetConfig, build_unet
+from .model import IN_CHANNELS, UNetConfig, build_unet, position_channels
 from .segmenter import KitSegmenter, checkpoint_payload
 from .types import N_VESSEL_CLASSES
 
@@ -70,6 +70,7 @@ class SegmenterConfig:
     dice_weight: float = 1.0  # loss = cross entropy + dice_weight * (1 - soft Dice)
     vessel_focus: float = 0.7  # share of patches centred on a vessel voxel
     flip: bool = True  # left-right flip augmentation with the Left/Right class swap
+    invert: float = 0.25  # share of patches with inverted intensities (bright and dark vessels alike)
     val_fraction: float = 0.25  # share of the labelled series held out (at least one when there are two)
     val_every: int = 5  # validate every so many epochs (and after the last)
     seed: int = 0
@@ -145,7 +146,8 @@ def _crop(arr: np.ndarray, start: np.ndarray, size: tuple[int, int, int], fill: 
 
 def sample_batch(series: list[LabelledSeries], cfg: SegmenterConfig, rng: np.random.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` training patches (image (B, 1, ...) float32, labels (B, ...) int64)."""
+    """``batch_size`` training patches (input (B, 4, ...) float32: image and the three position channels of
+    :func:`~.model.position_channels`; labels (B, ...) int64)."""
     size = np.asarray(cfg.patch)
     xs, ys = [], []
     for _ in range(cfg.batch_size):
@@ -157,12 +159,16 @@ def sample_batch(series: list[LabelledSeries], cfg: SegmenterConfig, rng: np.ran
         start = center - size // 2
         x = _crop(s.image, start, cfg.patch, 0.0)
         y = _crop(s.labels, start, cfg.patch, 0)
+        pos = position_channels(s.image.shape, cfg.spacing_mm, start, cfg.patch)
         if cfg.flip and rng.random() < 0.5:
             x, y = x[..., ::-1], SEG_LR_PERMUTATION[y[..., ::-1]].astype(np.uint8)
-        x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
-        xs.append(np.ascontiguousarray(x))
+            pos = pos[..., ::-1] * np.array([-1.0, 1.0, 1.0], np.float32)[:, None, None, None]
+        if rng.random() < cfg.invert:
+            x = 1.0 - x  # vessels bright on CTA/MRA, dark on T2: teach both
+        x = x * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.1, 0.1))
+        xs.append(np.concatenate([np.ascontiguousarray(x)[None], pos]))
         ys.append(np.ascontiguousarray(y))
-    return torch.from_numpy(np.stack(xs)[:, None]).float(), torch.from_numpy(np.stack(ys)).long()
+    return torch.from_numpy(np.stack(xs)).float(), torch.from_numpy(np.stack(ys)).long()
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
@@ -239,7 +245,7 @@ def train_segmenter(pre_dir: str | Path, out_dir: str | Path, cfg: SegmenterConf
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
-    net = build_unet(1, N_VESSEL_CLASSES, cfg.unet).to(device)
+    net = build_unet(IN_CHANNELS, N_VESSEL_CLASSES, cfg.unet).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)

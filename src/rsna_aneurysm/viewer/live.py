@@ -46,7 +46,7 @@ def load_predictor(weights_dir: str | Path) -> Any:
 
 def _window_budget(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
     """Windows of one sliding-window pass before masked windows are skipped (an upper bound for progress)."""
-    from ..infer.sliding_window import window_grid
+    from ..models.sliding_window import window_grid
 
     return len(window_grid(tuple(max(s, r) for s, r in zip(shape, roi)), roi, overlap))
 
@@ -58,7 +58,7 @@ def run_prediction(predictor: Any, series: SeriesData, out_dir: str | Path,
     Exceptions (a weights folder whose models cannot be built, a volume too small...) propagate: the caller shows
     them; unlike the submission path there is no fallback row here, since a made-up row would mislead.
     """
-    from ..infer.sliding_window import save_heatmap
+    from ..models.sliding_window import save_heatmap
 
     report = progress or (lambda fraction, text: None)
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rsna_aneurysm.infer.sliding_window import (
+from rsna_aneurysm.models.sliding_window import (
     SlidingWindowConfig,
     SlidingWindowInferer,
     axis_starts,

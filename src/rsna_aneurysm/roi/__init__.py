@@ -1,0 +1,1 @@
+"""Stage two of the vessel-guided pipeline: the ROI classifier on the region the vessel segmenter found."""

@@ -1,0 +1,402 @@
+"""Train the vessel-guided ROI classifier: ROI cache, k-fold training, checkpoints the scan pipeline reads.
+
+``build_cache`` runs :func:`~.data.build_roi` (segmenter, vessel locator, ROI cut) over every ok series of a
+preprocessed folder and writes ``<cache>/<uid>.npz`` plus ``index.parquet`` (resumable: an intact entry is kept).
+``train_roi`` trains one classifier per fold on it: the segmenter's weights as initialisation (``pretrained``; off
+for the ablation), AdamW with a one-cycle schedule, bf16 autocast where the device computes it, random crops inside
+the cached jitter margin and left-right flips that swap the Left/Right labels and vessel channels, BCE on the 14
+labels (Aneurysm Present weighted ``ap_weight``) plus the auxiliary sphere loss (BCE + soft Dice against balls of
+``sphere_radius_vox`` around each aneurysm). After every epoch the held-out fold is scored with the competition
+metric; ``fold_<k>/best.pt`` keeps the best epoch and ``last.pt`` the latest with the optimiser (a rerun with the
+same settings resumes). Checkpoints use the kit's format (``train.checkpoint``), loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from ..config import from_dict, require, to_dict
+from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LR_PERMUTATION
+from ..io.atomic import atomic_path, atomic_write_csv, atomic_write_text
+from ..io.nifti import read_volume
+from ..io.tables import read_labels
+from ..layout import PreDir, RunDir, read_localizers, read_manifest
+from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
+from ..train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from ..vessels.locator import VesselLocator, VesselRegionConfig
+from ..vessels.model import transfer_weights
+from ..vessels.segmenter import KitSegmenter, read_segmenter
+from .data import RoiConfig, build_roi, sphere_target
+from .model import RoiClassifier, flip_array, predict_logits
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "roi_classifier"
+VESSELS_DIR, SEGMENTER_FILE = "vessels", "segmenter.pt"
+INDEX_FILE = "index.parquet"
+
+
+@dataclass
+class RoiTrainConfig:
+    """Settings of ``rsna-aneurysm roi cache`` and ``roi train`` (``configs/roi_cpu.json``, ``roi_gpu.json``)."""
+
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    region: VesselRegionConfig = field(default_factory=VesselRegionConfig)
+    dilate_vox: int = 3  # grow each vessel region by this before pooling (the sac sits beside the vessel)
+    pretrained: bool = True  # initialise from the segmenter (segmentation pretraining); false: from scratch
+    epochs: int = 16
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    ap_weight: float = 2.0  # BCE weight of Aneurysm Present against 1 for each location
+    sphere_weight: float = 1.0  # auxiliary sphere loss weight (0: off)
+    sphere_radius_vox: float = 5.0
+    flip: bool = True  # left-right flip augmentation (labels and vessel channels swapped)
+    tta: bool = True  # validation with the mirrored pass too
+    n_folds: int = 4
+    folds: list[int] | None = None  # folds to train; null: all
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 1  # cache building processes
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1 and self.batch_size >= 1, "epochs", "epochs and batch_size must be positive")
+        require(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}, got {self.precision!r}")
+        require(self.n_folds >= 2, "n_folds", f"needs at least 2 folds, got {self.n_folds}")
+
+
+# ---------------------------------------------------------------------------------------------------------- cache
+
+
+def segmenter_path(weights: str | Path) -> Path:
+    """``<weights>/vessels/segmenter.pt`` (a run folder or a packaged weights dataset)."""
+    return Path(weights) / VESSELS_DIR / SEGMENTER_FILE
+
+
+def _cache_key(cfg: RoiTrainConfig, seg_path: Path) -> str:
+    ckpt = read_segmenter(seg_path)
+    return json.dumps({"roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "segmenter_epoch": ckpt["epoch"],
+                       "segmenter_metrics": ckpt.get("metrics", {}).get("val", {}) and
+                       ckpt["metrics"]["val"].get("class_dice")}, sort_keys=True, default=str)
+
+
+def _cache_one(args: tuple[str, str, str, str, dict[str, Any], list[list[float]], list[float]]) -> dict[str, Any]:
+    uid, vol_path, mask_path, seg_path, cfg_dict, points, labels = args
+    cfg = from_dict(RoiTrainConfig, cfg_dict)
+    torch.set_num_threads(1)
+    seg = _segmenter_cached(seg_path)
+    vol = read_volume(vol_path, mmap=False)
+    vol.meta["series_uid"] = uid
+    mask = np.asarray(read_volume(mask_path).array) if mask_path else None
+    roi = build_roi(vol, mask, seg, VesselLocator(cfg.region, seg), cfg.roi, pad_vox=cfg.roi.jitter_vox)
+    centers = roi.grid.world_to_index(np.asarray(points, dtype=np.float64).reshape(-1, 3)) if points else \
+        np.zeros((0, 3))
+    return {"uid": uid, "image": roi.x[0].astype(np.float16), "vessels": np.round(roi.x[4:] * 255).astype(np.uint8),
+            "ref": roi.x[1:4, 0, 0, 0], "grid_origin": np.asarray(roi.grid.origin), "spacing": roi.grid.spacing[0],
+            "centers": np.asarray(centers, np.float32).reshape(-1, 3), "labels": np.asarray(labels, np.float32),
+            "source": roi.box.source, "reason": roi.box.reason,
+            "inside": [bool(v) for v in roi.grid.contains(np.asarray(points).reshape(-1, 3))] if points else []}
+
+
+_SEG: dict[str, KitSegmenter] = {}
+
+
+def _segmenter_cached(path: str) -> KitSegmenter:
+    if path not in _SEG:
+        _SEG[path] = KitSegmenter.load(path, device="cpu")
+    return _SEG[path]
+
+
+def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path, cfg: RoiTrainConfig,
+                uids: list[str] | None = None) -> pl.DataFrame:
+    """ROI cache of the labelled ok series of ``pre_dir`` (or ``uids``) with the segmenter of ``weights``;
+    returns the index (one row per series: file, labels, region source, whether each aneurysm is inside)."""
+    pre = PreDir(pre_dir)
+    seg_path = segmenter_path(weights)
+    key = _cache_key(cfg, seg_path)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    key_file = cache / "cache_key.json"
+    if key_file.is_file() and key_file.read_text() != key:
+        log.warning("%s was built with other ROI settings or another segmenter: rebuilding every entry", cache)
+        for p in cache.glob("*.npz"):
+            p.unlink()
+    atomic_write_text(key_file, key)
+    man = read_manifest(pre)
+    labels = read_labels(pre.train_csv, columns=[ID_COL, *LABEL_COLS])
+    man = man.join(labels, on=ID_COL, how="inner")
+    if uids is not None:
+        man = man.filter(pl.col(ID_COL).is_in(uids))
+    loc = read_localizers(pre)
+    pts = {u: g.select("world_x", "world_y", "world_z").to_numpy().tolist()
+           for (u,), g in loc.group_by(ID_COL)} if loc.height else {}
+    jobs, rows = [], []
+    cfg_dict = to_dict(cfg)
+    for r in man.iter_rows(named=True):
+        uid = r[ID_COL]
+        out = cache / f"{uid}.npz"
+        row = {ID_COL: uid, "file": out.name, "labels": [float(r[c]) for c in LABEL_COLS]}
+        if out.is_file():
+            try:
+                with np.load(out) as z:
+                    row |= {"source": str(z["source"]), "n_inside": int(z["inside"].sum()),
+                            "n_points": int(z["inside"].size)}
+                rows.append(row)
+                continue
+            except Exception:  # noqa: BLE001 - a torn entry is rebuilt
+                out.unlink()
+        jobs.append((uid, str(pre.root / r["volume"]), str(pre.root / r["mask"]) if r.get("mask") else "",
+                     str(seg_path), cfg_dict, pts.get(uid, []), row["labels"]))
+    t0 = time.perf_counter()
+
+    def _store(res: dict[str, Any]) -> None:
+        path = cache / f"{res['uid']}.npz"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, image=res["image"], vessels=res["vessels"], ref=res["ref"],
+                         grid_origin=res["grid_origin"], spacing=res["spacing"], centers=res["centers"],
+                         labels=res["labels"], source=res["source"], reason=res["reason"],
+                         inside=np.asarray(res["inside"], bool))
+        rows.append({ID_COL: res["uid"], "file": path.name, "labels": res["labels"].tolist(),
+                     "source": res["source"], "n_inside": int(sum(res["inside"])),
+                     "n_points": len(res["inside"])})
+
+    if cfg.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            for res in pool.map(_cache_one, jobs):
+                _store(res)
+    else:
+        for job in jobs:
+            _store(_cache_one(job))
+    if jobs:
+        log.info("ROI cache: %d series in %.1f s (%.2f s each)", len(jobs), time.perf_counter() - t0,
+                 (time.perf_counter() - t0) / len(jobs))
+    index = pl.DataFrame(rows).sort(ID_COL)
+    index.write_parquet(cache / INDEX_FILE)
+    return index
+
+
+# ------------------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class RoiSample:
+    uid: str
+    image: np.ndarray
+    vessels: np.ndarray
+    ref: np.ndarray
+    grid_origin: np.ndarray
+    spacing: float
+    centers: np.ndarray
+    labels: np.ndarray
+
+
+def load_samples(cache_dir: str | Path, uids: list[str]) -> list[RoiSample]:
+    out = []
+    for uid in uids:
+        with np.load(Path(cache_dir) / f"{uid}.npz") as z:
+            out.append(RoiSample(uid, z["image"], z["vessels"], z["ref"], z["grid_origin"], float(z["spacing"]),
+                                 z["centers"], z["labels"]))
+    return out
+
+
+def sample_input(s: RoiSample, cfg: RoiTrainConfig, offset: np.ndarray, flip: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input (ROI_CHANNELS, k, j, i), labels (14,), sphere target (k, j, i)) of the window at ``offset`` voxels
+    into the cached (padded) ROI."""
+    from ..region.geometry import Grid
+    from .data import position_grid
+
+    shape = cfg.roi.shape
+    sl = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, shape))
+    image = s.image[sl].astype(np.float32)
+    vessels = s.vessels[(slice(None), *sl)].astype(np.float32) / 255.0
+    origin = s.grid_origin + s.spacing * np.asarray(offset[::-1], dtype=np.float64)
+    grid = Grid(tuple(origin), (s.spacing,) * 3, tuple(shape))
+    ref = s.grid_origin - s.ref * 100.0  # position channels were (world - ref) / 100 at the padded origin
+    pos = position_grid(grid, ref)
+    x = np.concatenate([image[None], pos, vessels])
+    centers = s.centers - np.asarray(offset, dtype=np.float32)[None, :]
+    sphere = sphere_target(shape, centers, cfg.sphere_radius_vox)
+    labels = s.labels.copy()
+    if flip:
+        x = flip_array(x)
+        sphere = sphere[..., ::-1]
+        labels = labels[list(LR_PERMUTATION)]
+    return np.ascontiguousarray(x), labels, np.ascontiguousarray(sphere)
+
+
+def roi_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, sphere: torch.Tensor, cfg: RoiTrainConfig
+             ) -> torch.Tensor:
+    logits = out["logits"].float()
+    w = torch.ones(len(LABEL_COLS), device=logits.device)
+    w[LABEL_COLS.index(ANEURYSM_PRESENT)] = cfg.ap_weight
+    bce = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * w).sum(1).mean() / w.sum()
+    if cfg.sphere_weight <= 0:
+        return bce
+    s = out["heatmap"].float()[:, 0]
+    sb = F.binary_cross_entropy_with_logits(s, sphere)
+    p = torch.sigmoid(s)
+    dice = 1.0 - (2 * (p * sphere).sum() + 1.0) / (p.sum() + sphere.sum() + 1.0)
+    return bce + cfg.sphere_weight * (sb + dice)
+
+
+def model_for(cfg: RoiTrainConfig, seg_ckpt: dict[str, Any]) -> tuple[RoiClassifier, dict[str, Any]]:
+    unet = seg_ckpt["unet"]
+    kwargs = {"features": list(unet["features"]), "blocks": list(unet["blocks"]),
+              "decoder_convs": int(unet["decoder_convs"]), "dilate_vox": int(cfg.dilate_vox)}
+    return RoiClassifier(**kwargs), kwargs
+
+
+def evaluate(model: RoiClassifier, samples: list[RoiSample], cfg: RoiTrainConfig, device: torch.device,
+             precision: str) -> tuple[np.ndarray, Any]:
+    """(probabilities (N, 14), metrics) on centred windows, with TTA when configured."""
+    from ..evaluate.metric import parts_from_arrays
+
+    model.eval()
+    probs = []
+    centre = np.full(3, cfg.roi.jitter_vox)
+    for s in samples:
+        x, _, _ = sample_input(s, cfg, centre, False)
+        with autocast(device, precision):
+            p = predict_logits(model, torch.from_numpy(x)[None].to(device), cfg.tta)
+        probs.append(p[0].float().cpu().numpy())
+    probs = np.stack(probs) if probs else np.zeros((0, len(LABEL_COLS)))
+    y = np.stack([s.labels for s in samples]) if samples else np.zeros((0, len(LABEL_COLS)))
+    return probs, parts_from_arrays(y, probs)
+
+
+def train_roi(cache_dir: str | Path, weights: str | Path, out_dir: str | Path, cfg: RoiTrainConfig,
+              folds_table: pl.DataFrame) -> dict[int, dict[str, Any]]:
+    """Train the ROI classifier per fold into ``out_dir`` (``fold_<k>/best.pt``, ``last.pt``, ``metrics.csv``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    index = pl.read_parquet(Path(cache_dir) / INDEX_FILE)
+    index = index.join(folds_table.select(ID_COL, "fold"), on=ID_COL, how="inner")
+    if index.height < 4:
+        raise ValueError(f"{cache_dir}: only {index.height} cached series with a fold; need at least 4")
+    seg_ckpt = read_segmenter(segmenter_path(weights))
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    run = RunDir(out_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    all_folds = sorted(index["fold"].unique().to_list())
+    folds = cfg.folds if cfg.folds is not None else all_folds
+    results = {}
+    for fold in folds:
+        tr = index.filter(pl.col("fold") != fold)[ID_COL].to_list()
+        va = index.filter(pl.col("fold") == fold)[ID_COL].to_list()
+        results[fold] = _train_fold(fold, load_samples(cache_dir, tr), load_samples(cache_dir, va), cfg, seg_ckpt,
+                                    run, device, precision)
+    return results
+
+
+def _train_fold(fold: int, train: list[RoiSample], val: list[RoiSample], cfg: RoiTrainConfig,
+                seg_ckpt: dict[str, Any], run: RunDir, device: torch.device, precision: str) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed + fold)
+    rng = np.random.default_rng(cfg.seed + 100 * fold)
+    model, kwargs = model_for(cfg, seg_ckpt)
+    transfer = None
+    if cfg.pretrained:
+        transfer = transfer_weights(model, seg_ckpt["state_dict"])
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, math.ceil(len(train) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    folder = run.fold_dir(fold)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    resume_key = json.dumps({k: v for k, v in cfg_dict.items() if k not in ("device", "threads", "workers",
+                                                                            "folds")}, sort_keys=True)
+    history: list[dict[str, Any]] = []
+    start, best = 0, -1.0
+    last_path = folder / "last.pt"
+    if last_path.is_file():
+        state = load_checkpoint(last_path)
+        if state.get("resume_key") == resume_key:
+            model.load_state_dict(state["state_dict"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, best, history = int(state["epoch"]) + 1, float(state["best"]), list(state["history"])
+            log.info("fold %d: resuming the ROI classifier at epoch %d", fold, start)
+    meta = {"format": FORMAT, "model": {"name": MODEL_NAME, "kwargs": kwargs}, "config": cfg_dict,
+            "label_cols": list(LABEL_COLS), "preprocessing": seg_ckpt.get("preprocessing", {}),
+            "patch": {"size": list(cfg.roi.shape), "spacing_mm": float(cfg.roi.spacing_mm)},
+            "roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "pretrained": bool(cfg.pretrained),
+            "fold": int(fold), "torch_version": str(torch.__version__)}
+    pad = cfg.roi.jitter_vox
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        order = rng.permutation(len(train))
+        for b in range(steps):
+            batch = [train[i] for i in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+            if not batch:
+                continue
+            xs, ys, ss = zip(*(sample_input(s, cfg, rng.integers(0, 2 * pad + 1, size=3),
+                                            cfg.flip and bool(rng.random() < 0.5)) for s in batch))
+            x = torch.from_numpy(np.stack(xs)).to(device)
+            y = torch.from_numpy(np.stack(ys)).to(device)
+            sph = torch.from_numpy(np.stack(ss)).to(device)
+            with autocast(device, precision):
+                out = model(x)
+            loss = roi_loss(out, y, sph, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        train_s = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_s": train_s,
+                               "rois_per_s": len(train) / max(train_s, 1e-9)}
+        if val:
+            _, m = evaluate(model, val, cfg, device, precision)
+            row |= {"score": m.score, "auc_ap": m.aneurysm_auc, "partial": m.partial}
+            score = m.score if m.score is not None and math.isfinite(m.score) else -1.0
+            if score > best:
+                best = score
+                save_checkpoint(meta | {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                        "metrics": {k: v for k, v in row.items()}, "epoch": epoch,
+                                        "transfer": transfer and {k: len(v) for k, v in transfer.items()}},
+                                folder / "best.pt")
+        history.append(row)
+        log.info("roi fold %d epoch %d: %s", fold, epoch, {k: (round(v, 4) if isinstance(v, float) else v)
+                                                             for k, v in row.items() if k != "epoch"})
+        save_checkpoint(meta | {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                                "best": best, "history": history, "resume_key": resume_key}, last_path)
+        atomic_write_csv(pl.DataFrame(history), folder / "metrics.csv")
+    if not (folder / "best.pt").is_file():  # no validation series: the last epoch is the model
+        save_checkpoint(meta | {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                "metrics": history[-1] if history else {}, "epoch": cfg.epochs - 1},
+                        folder / "best.pt")
+    return {"best_score": best, "history": history, "n_train": len(train), "n_val": len(val)}
+
+
+def link_stage_one(out_dir: str | Path, weights: str | Path) -> None:
+    """Copy ``<weights>/vessels/segmenter.pt`` (and ``<weights>/region/`` when there) into the ROI run."""
+    import shutil
+
+    out = Path(out_dir)
+    dst = out / VESSELS_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    src = segmenter_path(weights)
+    if src.resolve() != (dst / SEGMENTER_FILE).resolve():
+        shutil.copyfile(src, dst / SEGMENTER_FILE)
+    region = Path(weights) / "region"
+    if region.is_dir() and not (out / "region").exists():
+        shutil.copytree(region, out / "region")
