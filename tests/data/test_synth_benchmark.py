@@ -192,6 +192,8 @@ def test_bench_grids_and_contrast_are_native_like() -> None:
 
 def test_bench_dataset_one_series_per_patient_and_sites_in_truth(tmp_path: Path) -> None:
     generate_dataset(tmp_path / "d", 3, preset="bench", seed=2, n_test=1)
+    generate_dataset(tmp_path / "w", 3, preset="bench", seed=2, n_test=1, workers=2)
+    assert _tree_hash(tmp_path / "d") == _tree_hash(tmp_path / "w")  # same bytes whatever the worker count
     truth = json.loads((tmp_path / "d" / "synth_truth.json").read_text())
     assert len({e["patient_id"] for e in truth.values()}) == len(truth) == 4
     assert all(e["preset"] == "bench" and e["lookalikes"] for e in truth.values())

@@ -222,14 +222,15 @@ class Lookalikes:
 
 
 LOOP_PARENTS = ("ICA supraclinoid", "M1", "M2", "A2", "PCA", "SCA", "basilar")
-# Veins and sinuses (left side; mirrored), head frame: polylines with a world radius range, or ellipsoids.
+# Veins and sinuses (left side; mirrored), head frame: polylines with a world radius range, or ellipsoids. The
+# sinuses run just inside the CSF ellipsoid (72.5 x 87.5 x 67.5 mm semi-axes), under the skull.
 _VEIN_LINES: tuple[tuple[tuple[tuple[float, float, float], ...], tuple[float, float]], ...] = (
     (((14, -2, -29), (20, 12, -21), (18, 30, -12), (6, 45, -5)), (0.9, 1.4)),  # basal vein of Rosenthal
     (((18, -12, -25), (32, -9, -19), (50, -5, -9)), (0.8, 1.2)),  # superficial middle cerebral vein (sylvian)
-    (((0, 90, -20), (40, 82, -30), (58, 52, -46), (40, 30, -52)), (2.5, 3.5)),  # transverse-sigmoid sinus
+    (((0, 84, -15), (36, 66, -22), (50, 42, -32), (36, 22, -46)), (2.5, 3.5)),  # transverse-sigmoid sinus
 )
 _MIDLINE_VEINS: tuple[tuple[tuple[tuple[float, float, float], ...], tuple[float, float]], ...] = (
-    (((0, -80, 20), (0, -40, 62), (0, 30, 68), (0, 85, 22), (0, 90, -20)), (3.0, 4.0)),  # superior sagittal sinus
+    (((0, -80, 20), (0, -40, 58), (0, 30, 62), (0, 80, 20), (0, 84, -15)), (3.0, 4.0)),  # superior sagittal sinus
     (((3, 8, 4), (0, 45, -2), (0, 75, 12)), (1.5, 2.5)),  # internal cerebral vein, Galen, straight sinus
 )
 _CAVERNOUS_SINUS = ((16.0, -8.0, -41.0), (5.0, 9.0, 5.5))  # beside the cavernous ICA
