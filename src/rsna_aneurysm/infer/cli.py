@@ -15,6 +15,7 @@ from typing import Any
 from ..cli_common import (
     PROG,
     CommandError,
+    UsageError,
     add_command,
     add_config_argument,
     add_folds_argument,
@@ -113,9 +114,21 @@ def add_pipelines_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     add_folds_argument(p, "folds to compare on (default: every fold with a checkpoint)")
     p.add_argument("--test", help="labelled test folder (test.csv, series/, solution.csv) or a synthetic DATA folder "
                                   "to score both pipelines on as well")
+    p.add_argument("--roi", action="append", default=[], metavar="NAME=DIR",
+                   help="also score this vessel-ROI run (rsna-aneurysm roi train) under NAME; repeatable")
     p.add_argument("--out", help="report folder (default <weights>/pipelines)")
     _add_predictor_config(p)
     return p
+
+
+def _roi_runs(values: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--roi needs NAME=DIR, got {v!r}")
+        out.append((name, path))
+    return out
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:
@@ -124,7 +137,8 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     weights = Path(args.weights)
     cfg = predictor_config(args, weights)
     out = Path(args.out) if args.out else weights / "pipelines"
-    report = compare_pipelines(weights, out, args.data, args.folds, cfg, args.whole_weights, _test_dir(args.test))
+    report = compare_pipelines(weights, out, args.data, args.folds, cfg, args.whole_weights, _test_dir(args.test),
+                               roi_runs=_roi_runs(args.roi))
     print(format_report(report), end="")
     print(f"wrote {out / 'report.md'} and report.json")
     return 0

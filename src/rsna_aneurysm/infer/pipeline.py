@@ -30,6 +30,7 @@ from ..config import from_dict, require
 from ..constants import LABEL_COLS, LOCATION_COLS
 from ..io.tables import read_labels
 from ..layout import REGION_FILES, RunDir, region_files
+from ..models.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
 from ..region.finder import RegionBox, RegionConfig, RegionLocator
 from ..region.geometry import Grid
 from ..region.stage_one import (
@@ -40,11 +41,11 @@ from ..region.stage_one import (
     has_region,
     load_region,
 )
+from ..roi.stage import has_vessel_roi
 from ..volume import Volume
 from .aggregate import AggregateConfig
 from .budget import BudgetConfig
 from .scan import crop_to_mask, predict_volume
-from ..models.sliding_window import SlidingWindowConfig, SlidingWindowInferer, prepare_model
 from .two_stage import TwoStageConfig, apply_rules
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,16 @@ class PredictorConfig:
     heatmap_dir: str | None = None  # write each series' heatmap here as <uid>.nii.gz (for the viewer)
     threads: int | None = None  # torch CPU threads (null: torch's default)
     prevalence: list[float] | None = None  # fallback row (14 values); null: prevalence.json, else 0.5
-    # Whole-scan sliding windows, or the two-stage pipeline (region finder, then the fine model on the region crop;
-    # needs stage one's files: region/ in a run folder, flat region.json etc. in the packaged weights dataset);
-    # auto: two-stage whenever the weights have them.
-    pipeline: Literal["auto", "whole", "two_stage"] = "auto"
+    # Whole-scan sliding windows, the two-stage pipeline (region finder, then the fine model on the region crop;
+    # needs stage one's files: region/ in a run folder, flat region.json etc. in the packaged weights dataset), or
+    # the vessel-guided ROI classifier (vessel segmenter, region from the vessels, ROI classifier; a run of
+    # `rsna-aneurysm roi train`: roi.json and vessels/segmenter.pt). auto: what the weights are.
+    pipeline: Literal["auto", "whole", "two_stage", "vessel_roi"] = "auto"
     two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
+    # vessel_roi only: a trained nnU-Net v2 model folder to segment with instead of vessels/segmenter.pt (relative
+    # paths are read from the weights folder), and its folds.
+    nnunet_folder: str | None = None
+    nnunet_folds: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self) -> None:
         require(self.prevalence is None or len(self.prevalence) == len(LABEL_COLS), "prevalence",
@@ -216,11 +222,19 @@ class ScanPipeline:
         if missing or not wanted:
             raise WeightsError(f"{self.run_dir}: no {self.cfg.checkpoint} checkpoint for fold(s) {missing or wanted};"
                                f" found {list(found)}")
+        roi_run = has_vessel_roi(self.run_dir)
+        if self.cfg.pipeline == "vessel_roi" and not roi_run:
+            raise WeightsError(f"{self.run_dir}: pipeline vessel_roi needs roi.json and vessels/segmenter.pt "
+                               "(rsna-aneurysm roi train)")
+        if roi_run and self.cfg.pipeline in ("whole", "two_stage"):
+            raise WeightsError(f"{self.run_dir}: a vessel-ROI run holds ROI classifiers, not a fine model for the "
+                               f"{self.cfg.pipeline} pipeline")
         if self.cfg.pipeline == "two_stage" and not has_region(self.run_dir):
             raise WeightsError(f"{self.run_dir}: pipeline two_stage needs region/region.json (rsna-aneurysm region "
                                "train)")
         self.checkpoints = {f: found[f] for f in wanted}
-        self.two_stage = self.cfg.pipeline != "whole" and has_region(self.run_dir)
+        self.vessel_roi = roi_run
+        self.two_stage = not roi_run and self.cfg.pipeline != "whole" and has_region(self.run_dir)
         self.region_fold = region_fold
         self.fallback_values = fallback_values(self.run_dir, self.cfg)
         self.models: list[Any] | None = None
@@ -229,10 +243,11 @@ class ScanPipeline:
         self.meta: dict[str, Any] = {}
         self.spacing_mm = float(self.cfg.spacing_mm or DEFAULT_SPACING_MM)
         self.region_error: str | None = None  # why stage one could not be loaded (then: fallback boxes only)
+        self.vessel_parts: Any = None  # the vessel-ROI pipeline's loaded parts (roi.stage.VesselRoiParts)
 
     @property
     def name(self) -> str:
-        return "two-stage" if self.two_stage else "whole-scan"
+        return "vessel-roi" if self.vessel_roi else "two-stage" if self.two_stage else "whole-scan"
 
     @property
     def n_folds(self) -> int:
@@ -249,6 +264,8 @@ class ScanPipeline:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         t0 = time.perf_counter()
+        if self.vessel_roi:
+            return self._load_vessel_roi(t0)
         models, metas = [], []
         for fold, path in self.checkpoints.items():
             ckpt = load_checkpoint(path)
@@ -278,6 +295,19 @@ class ScanPipeline:
                  self.name)
         return self
 
+    def _load_vessel_roi(self, t0: float) -> ScanPipeline:
+        """The vessel-ROI pipeline's parts: ROI classifiers, segmenter, vessel locator with its fallbacks."""
+        from ..roi.stage import load_vessel_roi
+
+        parts = load_vessel_roi(self.run_dir, self.checkpoints, self.cfg, self.region_fold)
+        self.models, self.meta, self.locator, self.vessel_parts = parts.models, parts.meta, parts.locator, parts
+        self.region_error = parts.region_error
+        self.spacing_mm = float(self.cfg.spacing_mm or parts.preprocess_spacing_mm)
+        log.info("loaded %d ROI classifier fold(s) from %s in %.1f s (ROI %s at %.2f mm, segmenter %s, device %s)",
+                 len(self.models), self.run_dir, time.perf_counter() - t0, parts.roi.shape, parts.roi.spacing_mm,
+                 parts.segmenter_source, parts.device)
+        return self
+
     def preprocess_config(self, spacing_scale: float = 1.0) -> Any:
         """How a raw series is preprocessed for this pipeline (the training run's settings at the model spacing)."""
         self.load()
@@ -297,6 +327,8 @@ class ScanPipeline:
         t0 = self.clock()
         tta = self.cfg.tta_flip if tta is None else tta
         models = self.models[: n_folds or len(self.models)]
+        if self.vessel_roi:
+            return self._predict_vessel_roi(vol, mask, models, tta, want_heatmap, on_batch, t0)
         flags: dict[str, Any] = {}
         vol, mask = self._to_model_grid(vol, mask, self.spacing_mm * spacing_scale, flags)
         vol, mask = crop_to_mask(vol, mask, self.cfg.crop_margin_mm)
@@ -338,6 +370,30 @@ class ScanPipeline:
         return ScanResult(probs=probs, heatmap=heat, region=box, grid=grid, peaks_world=peaks_w, peaks_prob=peaks_p,
                           n_windows=scan.n_windows, n_passes=scan.n_passes, timings=timings,
                           flags=flags | {"shape_kji": list(image.shape)})
+
+    def _predict_vessel_roi(self, vol: Volume, mask: Volume | None, models: list[Any], tta: bool,
+                            want_heatmap: bool, on_batch: Callable[[int], None] | None, t0: float) -> ScanResult:
+        from ..roi.stage import predict_roi
+
+        out = predict_roi(self.vessel_parts, vol, None if mask is None else np.asarray(mask.array), models, tta,
+                          want_heatmap, on_batch, self.clock)
+        probs = out.probs
+        flags: dict[str, Any] = {"region_source": out.box.source, "region_reason": out.box.reason}
+        bad = ~np.isfinite(probs)
+        if bad.any():
+            flags["nonfinite"] = [LABEL_COLS[i] for i in np.flatnonzero(bad)]
+            probs[bad] = np.asarray(self.fallback_values)[bad]
+        heat = None
+        if want_heatmap and out.sphere is not None:
+            heat = out.grid.volume(np.clip(out.sphere, 0.0, 1.0).astype(np.float32), like=vol)
+            heat.meta["kind"] = "heatmap"
+        total = self.clock() - t0
+        timings = {"resample_s": 0.0, "region_s": out.timings["segment_s"] + out.timings["roi_s"],
+                   "model_s": out.timings["model_s"], "aggregate_s": max(total - sum(out.timings.values()), 0.0),
+                   "total_s": total}
+        return ScanResult(probs=probs, heatmap=heat, region=out.box, grid=out.grid, peaks_world=out.peaks_world,
+                          peaks_prob=out.peaks_prob, n_windows=len(models), n_passes=2 if tta else 1,
+                          timings=timings, flags=flags | {"shape_kji": list(out.grid.shape)})
 
     @staticmethod
     def _to_model_grid(vol: Volume, mask: Volume | None, spacing_mm: float, flags: dict[str, Any]

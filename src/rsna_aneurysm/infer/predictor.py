@@ -33,6 +33,7 @@ import polars as pl
 from ..config import load_config, to_dict
 from ..constants import LABEL_COLS
 from ..layout import RunDir, UnsafeUIDError, check_uid
+from ..models.sliding_window import save_heatmap
 from .budget import BudgetPlanner, CostLevel, Deadline, SeriesTimeout, build_ladder
 from .pipeline import (
     PredictorConfig,
@@ -42,7 +43,6 @@ from .pipeline import (
     read_prevalence,
     write_prevalence,
 )
-from ..models.sliding_window import save_heatmap
 
 log = logging.getLogger(__name__)
 

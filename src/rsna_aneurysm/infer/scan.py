@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch.nn as nn
 
+from ..models.sliding_window import SlidingWindowInferer
 from ..volume import Volume
 from .aggregate import AggregateConfig, combine, finalize, flip_lr, scan_probabilities
-from ..models.sliding_window import SlidingWindowInferer
 
 
 @dataclass

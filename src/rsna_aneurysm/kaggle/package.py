@@ -73,8 +73,10 @@ class KaggleConfig:
     is_private: bool = True
     enable_gpu: bool = True
     # Wheels downloaded for the Kaggle image (which has pydicom but no decoders for compressed DICOM).
+    # dynamic-network-architectures: nnU-Net's network library, the vessel-ROI pipeline's U-Net (pure Python).
     wheel_packages: list[str] = field(default_factory=lambda: [
-        "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.0", "python-gdcm>=3.0"])
+        "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.0", "python-gdcm>=3.0",
+        "dynamic-network-architectures>=0.4,<0.5"])
     python_version: str = "3.11"  # the Kaggle image's Python
     platforms: list[str] = field(default_factory=lambda: [
         "manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"])
@@ -181,6 +183,7 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
                     shutil.copy2(path, target)
             else:
                 shutil.copy2(path, target)
+    stripped += stage_vessel_roi(run_dir, dest)
     if stripped:
         log.info("weights dataset: %d absolute local path(s) reduced to their last component (%s, ...)",
                  len(stripped), stripped[0])
@@ -189,6 +192,21 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
                 "files": sorted(p.name for p in dest.iterdir())}
     _write_json(dest / WEIGHTS_MANIFEST, manifest)
     return manifest
+
+
+def stage_vessel_roi(run_dir: Path, dest: Path) -> list[str]:
+    """A vessel-ROI run's own files, flat: ``roi.json`` and the segmenter as ``vessels_segmenter.pt`` (the ROI
+    classifiers are the fold checkpoints, the region finder stage one's files). Returns the paths stripped."""
+    from ..roi.stage import ROI_JSON, SEGMENTER_FLAT, has_vessel_roi, segmenter_file
+
+    if not has_vessel_roi(run_dir):
+        return []
+    stripped = copy_json_stripped(Path(run_dir) / ROI_JSON, dest / ROI_JSON)
+    try:
+        stripped += rewrite_checkpoint(segmenter_file(run_dir), dest / SEGMENTER_FLAT)
+    except Exception as e:  # noqa: BLE001 - a broken segmenter must not be shipped
+        raise PackageError(f"{segmenter_file(run_dir)}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    return stripped
 
 
 def copy_package_allowed(pkg: Path, dest: Path) -> list[str]:

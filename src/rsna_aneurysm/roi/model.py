@@ -40,8 +40,11 @@ def region_weights(vessels: torch.Tensor, dilate_vox: int) -> torch.Tensor:
     """``(B, 13, D, H, W)`` vessel probabilities (channel v-1 = class v) -> location regions ``(B, 13, D, H, W)`` in
     LOCATION_COLS order, each grown by a ``2 * dilate_vox + 1`` max-filter."""
     r = vessels[:, [c - 1 for c in LOCATION_CHANNEL]]
-    if dilate_vox > 0:
-        r = F.max_pool3d(r, kernel_size=2 * dilate_vox + 1, stride=1, padding=dilate_vox)
+    if dilate_vox > 0:  # a cube max-filter as three 1-D passes (same result, a fraction of the time)
+        k, d = 2 * dilate_vox + 1, dilate_vox
+        with torch.no_grad():
+            for kernel, pad in (((k, 1, 1), (d, 0, 0)), ((1, k, 1), (0, d, 0)), ((1, 1, k), (0, 0, d))):
+                r = F.max_pool3d(r, kernel_size=kernel, stride=1, padding=pad)
     return r
 
 

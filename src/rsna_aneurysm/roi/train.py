@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "roi_classifier"
 VESSELS_DIR, SEGMENTER_FILE = "vessels", "segmenter.pt"
-INDEX_FILE = "index.parquet"
+INDEX_FILE = "roi_index.parquet"  # not index.parquet: this is no patch cache
 
 
 @dataclass
@@ -188,6 +188,18 @@ def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path,
     index = pl.DataFrame(rows).sort(ID_COL)
     index.write_parquet(cache / INDEX_FILE)
     return index
+
+
+def roi_folds(pre_dir: str | Path, folds_path: str | Path | None, n_folds: int, fold_seed: int) -> pl.DataFrame:
+    """``SeriesInstanceUID, fold`` of the preprocessed series: the folds table when given, else the kit's one fold
+    function (patient-grouped, multilabel-stratified) on the series labels, as ``oof`` recomputes them from the
+    run's ``config.json``."""
+    from ..data.folds import resolve_folds, series_labels
+
+    pre = PreDir(pre_dir)
+    labels = read_labels(pre.train_csv, columns=[ID_COL, *LABEL_COLS])
+    series = series_labels(read_manifest(pre).select(ID_COL).join(labels, on=ID_COL, how="left"))
+    return resolve_folds(series, folds_path, n_folds, fold_seed)
 
 
 # ------------------------------------------------------------------------------------------------------- training
@@ -388,7 +400,7 @@ def _train_fold(fold: int, train: list[RoiSample], val: list[RoiSample], cfg: Ro
 
 
 def link_stage_one(out_dir: str | Path, weights: str | Path) -> None:
-    """Copy ``<weights>/vessels/segmenter.pt`` (and ``<weights>/region/`` when there) into the ROI run."""
+    """Copy ``<weights>/vessels/segmenter.pt`` into the ROI run (unless it is that run)."""
     import shutil
 
     out = Path(out_dir)
@@ -397,6 +409,66 @@ def link_stage_one(out_dir: str | Path, weights: str | Path) -> None:
     src = segmenter_path(weights)
     if src.resolve() != (dst / SEGMENTER_FILE).resolve():
         shutil.copyfile(src, dst / SEGMENTER_FILE)
-    region = Path(weights) / "region"
-    if region.is_dir() and not (out / "region").exists():
-        shutil.copytree(region, out / "region")
+
+
+def train_roi_run(pre_dir: str | Path, segmenter_run: str | Path, out_dir: str | Path, cfg: RoiTrainConfig,
+                  cache_dir: str | Path | None = None, folds_table: str | Path | None = None,
+                  folds: list[int] | None = None, n_folds: int | None = None,
+                  region_from: str | Path | None = None) -> dict[int, dict[str, Any]]:
+    """The whole ``roi train`` command: cache, folds, training, and the files that make ``out_dir`` a vessel-ROI
+    weights folder (see ``roi/cli.py``)."""
+    import dataclasses
+
+    from ..train.checkpoint import read_preprocessing
+    from .stage import ROI_JSON
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if n_folds is not None:
+        cfg = dataclasses.replace(cfg, n_folds=int(n_folds))
+    if folds is not None:
+        cfg = dataclasses.replace(cfg, folds=list(folds))
+    if not segmenter_path(segmenter_run).is_file():
+        raise FileNotFoundError(f"{segmenter_path(segmenter_run)}: no segmenter (rsna-aneurysm vessels train)")
+    link_stage_one(out, segmenter_run)
+    if region_from:
+        link_region(out, region_from)
+    cache = Path(cache_dir) if cache_dir else out / "roi_cache"
+    index = build_cache(pre_dir, out, cache, cfg)
+    n_in = int(index["n_inside"].sum()) if "n_inside" in index.columns else 0
+    n_pts = int(index["n_points"].sum()) if "n_points" in index.columns else 0
+    log.info("ROI cache: %d series; %d of %d aneurysms inside their ROI; regions %s", index.height, n_in, n_pts,
+             dict(index.group_by("source").len().rows()) if "source" in index.columns else {})
+    table = roi_folds(pre_dir, folds_table, cfg.n_folds, cfg.seed)
+    results = train_roi(cache, out, out, cfg, table)
+    atomic_write_text(out / ROI_JSON, json.dumps({"roi": to_dict(cfg.roi), "region": to_dict(cfg.region),
+                                                  "config": to_dict(cfg)}, indent=2) + "\n")
+    # oof and pipelines recompute the folds from this (cache_dir has no patch index, so from the series labels).
+    atomic_write_text(out / "config.json", json.dumps({
+        "model": {"name": MODEL_NAME}, "kind": "vessel_roi",
+        "data": {"preprocessed": str(Path(pre_dir)), "cache_dir": str(cache),
+                 "folds": str(folds_table) if folds_table else None, "n_folds": cfg.n_folds,
+                 "fold_seed": cfg.seed},
+        "preprocessing": read_preprocessing(pre_dir), "roi": to_dict(cfg)}, indent=2) + "\n")
+    # The fallback row: each label's share of the training series, as ``oof`` and ``package`` write it.
+    labels = read_labels(PreDir(pre_dir).train_csv, columns=list(LABEL_COLS))
+    atomic_write_text(RunDir(out).prevalence, json.dumps(
+        {c: float(labels[c].cast(pl.Float64).mean()) for c in LABEL_COLS}, indent=2) + "\n")
+    summary = {"cache": {"series": index.height, "aneurysms": n_pts, "inside_roi": n_in},
+               "folds": {str(k): {kk: v[kk] for kk in ("best_score", "n_train", "n_val")}
+                         for k, v in results.items()}}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return results
+
+
+def link_region(out_dir: str | Path, run: str | Path) -> None:
+    """Copy ``<run>/region/`` (the region finder) into the ROI run, as the vessel locator's fallback."""
+    import shutil
+
+    src = Path(run) / "region"
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no region finder to copy (rsna-aneurysm region train)")
+    dst = Path(out_dir) / "region"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)

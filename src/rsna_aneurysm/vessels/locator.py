@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,9 @@ def vessel_box(probs: VesselProbs, cfg: VesselRegionConfig) -> tuple[np.ndarray,
 class VesselLocator:
     """Stage one from predicted vessels (see the module docstring). ``segmenter`` None: fallback boxes only."""
 
-    def __init__(self, cfg: VesselRegionConfig, segmenter: Segmenter | None,
-                 fallback: RegionLocator | None = None) -> None:
+    def __init__(self, cfg: VesselRegionConfig, segmenter: Segmenter | None, fallback: Any = None) -> None:
+        """``fallback``: anything with ``locate(vol, mask) -> RegionBox`` that never raises (the region finder's
+        stage); default the head-geometry box."""
         self.cfg = cfg
         self.segmenter = segmenter
         self.fallback = fallback or RegionLocator(RegionConfig(box_mm=cfg.box_mm), None)

@@ -60,14 +60,14 @@ class SegmenterConfig:
     """Settings of ``rsna-aneurysm vessels train`` (the defaults fit this 2-core CPU on synthetic data)."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
-    spacing_mm: float = 2.0  # isotropic spacing the segmenter works at (coarse stage: 1-2 mm)
-    patch: tuple[int, int, int] = (48, 48, 48)  # training and sliding-window patch, voxels (k, j, i)
-    epochs: int = 30
+    spacing_mm: float = 1.5  # isotropic spacing the segmenter works at (coarse stage: 1-2 mm)
+    patch: tuple[int, int, int] = (40, 40, 40)  # training and sliding-window patch, voxels (k, j, i)
+    epochs: int = 40
     steps_per_epoch: int = 20
-    batch_size: int = 2
+    batch_size: int = 4
     lr: float = 1e-2
     weight_decay: float = 1e-4
-    dice_weight: float = 1.0  # loss = cross entropy + dice_weight * (1 - soft Dice)
+    dice_weight: float = 3.0  # loss = cross entropy + dice_weight * (1 - soft Dice)
     vessel_focus: float = 0.7  # share of patches centred on a vessel voxel
     flip: bool = True  # left-right flip augmentation with the Left/Right class swap
     invert: float = 0.25  # share of patches with inverted intensities (bright and dark vessels alike)
