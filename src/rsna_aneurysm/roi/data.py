@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from ..config import require
+from ..constants import LR_PERMUTATION
 from ..region.finder import RegionBox
 from ..region.geometry import Grid, sample
 from ..vessels.locator import VesselLocator
 from ..vessels.model import POSITION_SCALE_MM
 from ..vessels.types import N_VESSEL_CLASSES, Segmenter, VesselProbs
 from ..volume import Volume
+from .model import flip_array
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +153,47 @@ def sphere_target(shape: tuple[int, int, int], centers_vox: np.ndarray, radius_v
         d2 = (kk - c[0]) ** 2 + (jj - c[1]) ** 2 + (ii - c[2]) ** 2
         out[d2 <= radius_vox**2] = 1.0
     return out
+
+
+@dataclass
+class RoiSample:
+    uid: str
+    image: np.ndarray
+    vessels: np.ndarray
+    ref: np.ndarray
+    grid_origin: np.ndarray
+    spacing: float
+    centers: np.ndarray
+    labels: np.ndarray
+
+
+def load_samples(cache_dir: str | Path, uids: list[str]) -> list[RoiSample]:
+    out = []
+    for uid in uids:
+        with np.load(Path(cache_dir) / f"{uid}.npz") as z:
+            out.append(RoiSample(uid, z["image"], z["vessels"], z["ref"], z["grid_origin"], float(z["spacing"]),
+                                 z["centers"], z["labels"]))
+    return out
+
+
+def sample_input(s: RoiSample, cfg: Any, offset: np.ndarray, flip: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input (ROI_CHANNELS, k, j, i), labels (14,), sphere target (k, j, i)) of the window at ``offset`` voxels
+    into the cached (padded) ROI; ``cfg`` a ``RoiTrainConfig`` (``roi.shape``, ``sphere_radius_vox``)."""
+    shape = cfg.roi.shape
+    sl = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, shape))
+    image = s.image[sl].astype(np.float32)
+    vessels = s.vessels[(slice(None), *sl)].astype(np.float32) / 255.0
+    origin = s.grid_origin + s.spacing * np.asarray(offset[::-1], dtype=np.float64)
+    grid = Grid(tuple(origin), (s.spacing,) * 3, tuple(shape))
+    ref = s.grid_origin - s.ref * 100.0  # position channels were (world - ref) / 100 at the padded origin
+    pos = position_grid(grid, ref)
+    x = np.concatenate([image[None], pos, vessels])
+    centers = s.centers - np.asarray(offset, dtype=np.float32)[None, :]
+    sphere = sphere_target(shape, centers, cfg.sphere_radius_vox)
+    labels = s.labels.copy()
+    if flip:
+        x = flip_array(x)
+        sphere = sphere[..., ::-1]
+        labels = labels[list(LR_PERMUTATION)]
+    return np.ascontiguousarray(x), labels, np.ascontiguousarray(sphere)

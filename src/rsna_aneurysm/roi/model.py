@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from ..constants import LOCATION_COLS, LR_PERMUTATION, N_LABELS, SEG_LABEL_OF
 from ..vessels.model import IN_CHANNELS, UNetConfig, build_unet, decoder_features
-from ..vessels.train import SEG_LR_PERMUTATION
-from ..vessels.types import N_VESSEL_CLASSES
+from ..vessels.types import N_VESSEL_CLASSES, SEG_LR_PERMUTATION
 
 N_VESSELS = N_VESSEL_CLASSES - 1
 IN_TOTAL = IN_CHANNELS + N_VESSELS

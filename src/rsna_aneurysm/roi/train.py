@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import from_dict, require, to_dict
-from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS, LR_PERMUTATION
+from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
 from ..io.atomic import atomic_path, atomic_write_csv, atomic_write_text
 from ..io.nifti import read_volume
 from ..io.tables import read_labels
@@ -38,8 +38,8 @@ from ..train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from ..vessels.locator import VesselLocator, VesselRegionConfig
 from ..vessels.model import transfer_weights
 from ..vessels.segmenter import KitSegmenter, read_segmenter
-from .data import RoiConfig, build_roi, sphere_target
-from .model import RoiClassifier, flip_array, predict_logits
+from .data import RoiConfig, RoiSample, build_roi, load_samples, sample_input
+from .model import RoiClassifier, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -203,53 +203,6 @@ def roi_folds(pre_dir: str | Path, folds_path: str | Path | None, n_folds: int, 
 
 
 # ------------------------------------------------------------------------------------------------------- training
-
-
-@dataclass
-class RoiSample:
-    uid: str
-    image: np.ndarray
-    vessels: np.ndarray
-    ref: np.ndarray
-    grid_origin: np.ndarray
-    spacing: float
-    centers: np.ndarray
-    labels: np.ndarray
-
-
-def load_samples(cache_dir: str | Path, uids: list[str]) -> list[RoiSample]:
-    out = []
-    for uid in uids:
-        with np.load(Path(cache_dir) / f"{uid}.npz") as z:
-            out.append(RoiSample(uid, z["image"], z["vessels"], z["ref"], z["grid_origin"], float(z["spacing"]),
-                                 z["centers"], z["labels"]))
-    return out
-
-
-def sample_input(s: RoiSample, cfg: RoiTrainConfig, offset: np.ndarray, flip: bool
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(input (ROI_CHANNELS, k, j, i), labels (14,), sphere target (k, j, i)) of the window at ``offset`` voxels
-    into the cached (padded) ROI."""
-    from ..region.geometry import Grid
-    from .data import position_grid
-
-    shape = cfg.roi.shape
-    sl = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, shape))
-    image = s.image[sl].astype(np.float32)
-    vessels = s.vessels[(slice(None), *sl)].astype(np.float32) / 255.0
-    origin = s.grid_origin + s.spacing * np.asarray(offset[::-1], dtype=np.float64)
-    grid = Grid(tuple(origin), (s.spacing,) * 3, tuple(shape))
-    ref = s.grid_origin - s.ref * 100.0  # position channels were (world - ref) / 100 at the padded origin
-    pos = position_grid(grid, ref)
-    x = np.concatenate([image[None], pos, vessels])
-    centers = s.centers - np.asarray(offset, dtype=np.float32)[None, :]
-    sphere = sphere_target(shape, centers, cfg.sphere_radius_vox)
-    labels = s.labels.copy()
-    if flip:
-        x = flip_array(x)
-        sphere = sphere[..., ::-1]
-        labels = labels[list(LR_PERMUTATION)]
-    return np.ascontiguousarray(x), labels, np.ascontiguousarray(sphere)
 
 
 def roi_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, sphere: torch.Tensor, cfg: RoiTrainConfig

@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ..config import require, to_dict
-from ..constants import ID_COL, SEG_LABELS
+from ..constants import ID_COL
 from ..io.atomic import atomic_write_csv, atomic_write_text
 from ..io.nifti import read_volume
 from ..layout import PreDir, read_manifest
 from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from .model import IN_CHANNELS, UNetConfig, build_unet, position_channels
 from .segmenter import KitSegmenter, checkpoint_payload
-from .types import N_VESSEL_CLASSES
+from .types import N_VESSEL_CLASSES, SEG_LR_PERMUTATION
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,6 @@ VESSELS_DIR = "vessels"
 SEGMENTER_FILE = "segmenter.pt"
 
 
-def _seg_lr_permutation() -> np.ndarray:
-    """Vessel class -> its mirror class under a left-right flip (identity for midline classes)."""
-    perm = np.arange(N_VESSEL_CLASSES)
-    of = {name: v for v, name in SEG_LABELS.items()}
-    for v, name in SEG_LABELS.items():
-        for a, b in (("Left ", "Right "), ("Right ", "Left ")):
-            if name.startswith(a):
-                perm[v] = of[b + name[len(a):]]
-    return perm
-
-
-SEG_LR_PERMUTATION = _seg_lr_permutation()
 
 
 @dataclass

@@ -15,6 +15,20 @@ from ..volume import Volume
 N_VESSEL_CLASSES = len(SEG_LABELS) + 1
 
 
+def _seg_lr_permutation() -> np.ndarray:
+    """Vessel class -> its mirror class under a left-right flip (identity for midline classes)."""
+    perm = np.arange(N_VESSEL_CLASSES)
+    of = {name: v for v, name in SEG_LABELS.items()}
+    for v, name in SEG_LABELS.items():
+        for a, b in (("Left ", "Right "), ("Right ", "Left ")):
+            if name.startswith(a):
+                perm[v] = of[b + name[len(a):]]
+    return perm
+
+
+SEG_LR_PERMUTATION = _seg_lr_permutation()
+
+
 @dataclass
 class VesselProbs:
     """Per-class vessel probabilities on an axis-aligned world grid: ``probs[c, k, j, i]``, channel 0 background,
