@@ -227,6 +227,24 @@ def model_for(cfg: RoiTrainConfig, seg_ckpt: dict[str, Any]) -> tuple[RoiClassif
     return RoiClassifier(**kwargs), kwargs
 
 
+def checkpoint_meta(cfg: RoiTrainConfig, kwargs: dict[str, Any], seg_ckpt: dict[str, Any], fold: int
+                    ) -> dict[str, Any]:
+    """Everything of a fold checkpoint but the weights (the kit's checkpoint format; ``weights_only`` loadable)."""
+    return {"format": FORMAT, "model": {"name": MODEL_NAME, "kwargs": kwargs}, "config": to_dict(cfg),
+            "label_cols": list(LABEL_COLS), "preprocessing": seg_ckpt.get("preprocessing", {}),
+            "patch": {"size": list(cfg.roi.shape), "spacing_mm": float(cfg.roi.spacing_mm)},
+            "roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "pretrained": bool(cfg.pretrained),
+            "fold": int(fold), "torch_version": str(torch.__version__)}
+
+
+def write_roi_json(out_dir: str | Path, cfg: RoiTrainConfig) -> Path:
+    """``roi.json``: the ROI and region settings the pipeline reads (and the marker of a vessel-ROI folder)."""
+    from .stage import ROI_JSON
+
+    return atomic_write_text(Path(out_dir) / ROI_JSON, json.dumps(
+        {"roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "config": to_dict(cfg)}, indent=2) + "\n")
+
+
 def evaluate(model: RoiClassifier, samples: list[RoiSample], cfg: RoiTrainConfig, device: torch.device,
              precision: str) -> tuple[np.ndarray, Any]:
     """(probabilities (N, 14), metrics) on centred windows, with TTA when configured."""
@@ -284,8 +302,7 @@ def _train_fold(fold: int, train: list[RoiSample], val: list[RoiSample], cfg: Ro
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     folder = run.fold_dir(fold)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    resume_key = json.dumps({k: v for k, v in cfg_dict.items() if k not in ("device", "threads", "workers",
+    resume_key = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ("device", "threads", "workers",
                                                                             "folds")}, sort_keys=True)
     history: list[dict[str, Any]] = []
     start, best = 0, -1.0
@@ -298,11 +315,7 @@ def _train_fold(fold: int, train: list[RoiSample], val: list[RoiSample], cfg: Ro
             sched.load_state_dict(state["scheduler"])
             start, best, history = int(state["epoch"]) + 1, float(state["best"]), list(state["history"])
             log.info("fold %d: resuming the ROI classifier at epoch %d", fold, start)
-    meta = {"format": FORMAT, "model": {"name": MODEL_NAME, "kwargs": kwargs}, "config": cfg_dict,
-            "label_cols": list(LABEL_COLS), "preprocessing": seg_ckpt.get("preprocessing", {}),
-            "patch": {"size": list(cfg.roi.shape), "spacing_mm": float(cfg.roi.spacing_mm)},
-            "roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "pretrained": bool(cfg.pretrained),
-            "fold": int(fold), "torch_version": str(torch.__version__)}
+    meta = checkpoint_meta(cfg, kwargs, seg_ckpt, fold)
     pad = cfg.roi.jitter_vox
     for epoch in range(start, cfg.epochs):
         model.train()
@@ -373,7 +386,6 @@ def train_roi_run(pre_dir: str | Path, segmenter_run: str | Path, out_dir: str |
     import dataclasses
 
     from ..train.checkpoint import read_preprocessing
-    from .stage import ROI_JSON
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,8 +406,7 @@ def train_roi_run(pre_dir: str | Path, segmenter_run: str | Path, out_dir: str |
              dict(index.group_by("source").len().rows()) if "source" in index.columns else {})
     table = roi_folds(pre_dir, folds_table, cfg.n_folds, cfg.seed)
     results = train_roi(cache, out, out, cfg, table)
-    atomic_write_text(out / ROI_JSON, json.dumps({"roi": to_dict(cfg.roi), "region": to_dict(cfg.region),
-                                                  "config": to_dict(cfg)}, indent=2) + "\n")
+    write_roi_json(out, cfg)
     # oof and pipelines recompute the folds from this (cache_dir has no patch index, so from the series labels).
     atomic_write_text(out / "config.json", json.dumps({
         "model": {"name": MODEL_NAME}, "kind": "vessel_roi",
