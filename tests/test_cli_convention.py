@@ -31,7 +31,8 @@ from rsna_aneurysm.config import ConfigError
 
 SRC = Path(cli_common.__file__).resolve().parent
 
-HELP_ORDER = ["synth", "inspect", "preprocess", "nnunet-export", "folds", "region", "cache", "train", "oof", "score",
+HELP_ORDER = ["synth", "inspect", "preprocess", "nnunet-export", "folds", "region", "vessels", "cache", "train", "roi",
+              "oof", "score",
               "pipelines", "mine", "predict", "package", "push", "gateway", "view"]
 
 # A config key of the right name with a value of the wrong type, per command that takes overrides.
@@ -40,6 +41,8 @@ BAD_VALUES = {
     "cache": ["--positives_per_aneurysm", "many"],
     "train": ["--epochs", "many"],
     "region train": ["--finder.epochs", "many"],
+    "vessels train": ["--epochs", "many"],
+    "roi train": ["--epochs", "many"],
     "oof": ["--tta_flip", "maybe"],
     "pipelines": ["--tta_flip", "maybe"],
     "mine": ["--tta_flip", "maybe"],
@@ -279,7 +282,8 @@ def test_subprocess_error_line_and_debug(tmp_path):
 
 LAYERS = {name: 0 for name in ("constants", "volume", "config", "layout", "runtime", "io", "cli_common")}
 LAYERS.update({name: i for i, name in enumerate(
-    ("preprocess", "data", "models", "evaluate", "train", "region", "infer", "kaggle", "viewer", "cli"), start=1)})
+    ("preprocess", "data", "models", "evaluate", "train", "region", "vessels", "roi", "infer", "kaggle", "viewer",
+     "cli"), start=1)})
 CLI_MODULES = sorted([*SRC.glob("*/cli.py"), *SRC.glob("*/*_cli.py")])
 
 
