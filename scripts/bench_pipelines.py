@@ -60,26 +60,9 @@ def stand_in_roi_run(run_dir: Path, roi_config: str = "roi_cpu") -> Path:
     """Untrained vessel-ROI weights folder of the shipped CPU configs (timing does not depend on the weights)."""
     from rsna_aneurysm.cli_common import resolve_config
     from rsna_aneurysm.config import load_config
-    from rsna_aneurysm.constants import LABEL_COLS
-    from rsna_aneurysm.roi.train import RoiTrainConfig, checkpoint_meta, model_for, write_roi_json
-    from rsna_aneurysm.train.checkpoint import save_checkpoint
-    from rsna_aneurysm.vessels.model import IN_CHANNELS, build_unet
-    from rsna_aneurysm.vessels.segmenter import checkpoint_payload
-    from rsna_aneurysm.vessels.train import SegmenterConfig
-    from rsna_aneurysm.vessels.types import N_VESSEL_CLASSES
+    from rsna_aneurysm.roi.train import RoiTrainConfig, untrained_roi_run
 
-    torch.manual_seed(0)
-    cfg = load_config(RoiTrainConfig, resolve_config(roi_config))
-    seg_cfg = SegmenterConfig()
-    pre = {"spacing": [1.0, 1.0, 1.0], "mask": "head"}
-    seg = checkpoint_payload(build_unet(IN_CHANNELS, N_VESSEL_CLASSES, seg_cfg.unet), seg_cfg.unet,
-                             seg_cfg.spacing_mm, seg_cfg.patch, to_dict(seg_cfg), {}, 0, pre)
-    save_checkpoint(seg, run_dir / "vessels" / "segmenter.pt")
-    model, kwargs = model_for(cfg, seg)
-    save_checkpoint(checkpoint_meta(cfg, kwargs, seg, 0) | {"state_dict": model.state_dict(), "epoch": 0,
-                                                            "metrics": {}}, run_dir / "fold_0" / "best.pt")
-    write_roi_json(run_dir, cfg)
-    (run_dir / "prevalence.json").write_text(json.dumps({c: 0.1 for c in LABEL_COLS}))
+    untrained_roi_run(run_dir, load_config(RoiTrainConfig, resolve_config(roi_config)))
     (run_dir / "predictor.json").write_text(json.dumps({"tta_flip": False}))
     return run_dir
 

@@ -67,3 +67,16 @@ def add_region(run_dir: Path, seed: int = 0, max_spread_mm: float = 1e9) -> Path
             for loc, p in pts.items() for d in p - centre]
     pl.DataFrame(rows).write_parquet(folder / REGION_ATLAS)
     return Path(run_dir)
+
+
+def make_vessel_roi_weights(run_dir: Path, folds: tuple[int, ...] = (0, 1), seed: int = 0) -> Path:
+    """A tiny vessel-ROI weights folder (random-init segmenter and ROI classifiers at 4 mm, ``roi.json``)."""
+    from rsna_aneurysm.config import from_dict
+    from rsna_aneurysm.roi.train import RoiTrainConfig, untrained_roi_run
+    from rsna_aneurysm.vessels.train import SegmenterConfig
+
+    cfg = from_dict(RoiTrainConfig, {"roi": {"spacing_mm": 4.0, "shape": [16, 16, 24], "jitter_vox": 1},
+                                     "region": {"box_mm": [96.0, 64.0, 64.0]}, "dilate_vox": 1})
+    seg = from_dict(SegmenterConfig, {"unet": {"features": [4, 8, 16], "blocks": [1, 1, 1]}, "spacing_mm": 4.0,
+                                      "patch": [16, 16, 16]})
+    return untrained_roi_run(run_dir, cfg, seg, {"spacing": [2.0, 2.0, 2.0], "mask": "head"}, folds, seed)

@@ -32,9 +32,13 @@ def _test_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("pipeline", ["two-stage", "whole-scan"])
+@pytest.mark.parametrize("pipeline", ["two-stage", "whole-scan", "vessel-roi"])
 def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path, pipeline: str) -> None:
-    run = weights_helper.make_weights(tmp_path / "run", folds=(0, 1))
+    if pipeline == "vessel-roi":  # a vessel-ROI run: segmenter, ROI classifiers, region finder as its fallback
+        run = weights_helper.make_vessel_roi_weights(tmp_path / "run", folds=(0, 1))
+        weights_helper.add_region(run)
+    else:
+        run = weights_helper.make_weights(tmp_path / "run", folds=(0, 1))
     if pipeline == "two-stage":  # the default whenever the weights carry stage one
         weights_helper.add_region(run)
     standin.make_wheel(tmp_path / "extra")
@@ -73,6 +77,10 @@ def test_kernel_code_file_runs_through_the_local_gateway(tmp_path: Path, pipelin
         assert {"region.json", "region_finder.pt", "region_atlas.parquet"} <= {
             p.name for p in (staging / "datasets").glob("*weights*/*")}
         assert summary["region_fallbacks"] == 0 and summary["mean_s"]["region_s"] > 0
+    if pipeline == "vessel-roi":
+        assert {"roi.json", "vessels_segmenter.pt", "fold_0.pt", "fold_1.pt", "region_finder.pt"} <= {
+            p.name for p in (staging / "datasets").glob("*weights*/*")}
+        assert summary["mean_s"]["region_s"] > 0
     assert not (tmp_path / "share").exists() or not any((tmp_path / "share").iterdir())
 
 

@@ -436,3 +436,31 @@ def link_region(out_dir: str | Path, run: str | Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
+
+
+def untrained_roi_run(run_dir: str | Path, cfg: RoiTrainConfig, seg_cfg: Any = None,
+                      preprocessing: dict[str, Any] | None = None, folds: tuple[int, ...] = (0,),
+                      seed: int = 0) -> Path:
+    """A vessel-ROI weights folder of randomly initialised networks (benchmarks and tests: timing and plumbing do
+    not depend on the weights): segmenter of ``seg_cfg`` (default ``SegmenterConfig()``), one classifier per fold,
+    ``roi.json``, ``prevalence.json`` (0.1 everywhere)."""
+    from ..vessels.model import IN_CHANNELS, build_unet
+    from ..vessels.segmenter import checkpoint_payload
+    from ..vessels.train import SegmenterConfig
+    from ..vessels.types import N_VESSEL_CLASSES
+
+    run = Path(run_dir)
+    seg_cfg = seg_cfg or SegmenterConfig()
+    pre = preprocessing if preprocessing is not None else {"spacing": [1.0, 1.0, 1.0], "mask": "head"}
+    torch.manual_seed(seed)
+    seg = checkpoint_payload(build_unet(IN_CHANNELS, N_VESSEL_CLASSES, seg_cfg.unet), seg_cfg.unet,
+                             seg_cfg.spacing_mm, seg_cfg.patch, to_dict(seg_cfg), {}, 0, pre)
+    save_checkpoint(seg, segmenter_path(run))
+    for fold in folds:
+        torch.manual_seed(seed + 1 + fold)
+        model, kwargs = model_for(cfg, seg)
+        save_checkpoint(checkpoint_meta(cfg, kwargs, seg, fold) | {"state_dict": model.state_dict(), "epoch": 0,
+                                                                   "metrics": {}}, RunDir(run).checkpoint(fold))
+    write_roi_json(run, cfg)
+    atomic_write_text(RunDir(run).prevalence, json.dumps({c: 0.1 for c in LABEL_COLS}) + "\n")
+    return run
