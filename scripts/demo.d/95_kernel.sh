@@ -3,7 +3,8 @@
 # Kaggle datasets + kernel folder (offline: --no-wheels), run the kernel's code file through the local gateway on the
 # synthetic test layout, score submission.parquet, print the score table and the time per series.
 set -euo pipefail
-RUN="${DEMO_RUN:-$(ls -td "$OUT"/weights/*/ 2>/dev/null | head -1)}"
+RUN="${DEMO_RUN:-$OUT/weights/unet3d_region_demo}"
+[ -f "$RUN/config.json" ] || RUN="$(ls -td "$OUT"/weights/*/ 2>/dev/null | head -1)"
 RUN="${RUN%/}"
 if [ -z "$RUN" ] || [ ! -f "$RUN/config.json" ]; then
   echo "no trained run under $OUT/weights (set DEMO_RUN=weights/<run>)" >&2
@@ -17,7 +18,9 @@ if [ ! -f "$RUN/thresholds.json" ]; then
 fi
 if [ -d "$RUN/region" ] && [ ! -f "$RUN/pipelines/report.md" ]; then
   echo "--- whole-scan vs two-stage: same fine model, same out-of-fold series (add --test DATA to score the test set too) ---"
-  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN" 2> "$OUT/pipelines.log" \
+  ROI=()
+  [ -f "$OUT/weights/vessel_roi/roi.json" ] && ROI=(--roi "vessel-ROI=$OUT/weights/vessel_roi")
+  "$PY" -m rsna_aneurysm.cli pipelines --weights "$RUN" "${ROI[@]}" 2> "$OUT/pipelines.log" \
     || { tail -n 20 "$OUT/pipelines.log" >&2; exit 1; }
 fi
 "$PY" -m rsna_aneurysm.cli package --weights "$RUN" --out "$OUT/kaggle" --no-wheels --owner demo-user
