@@ -75,6 +75,9 @@ def test_oof_rows_equal_the_kernel_rows(run: dict[str, Path], tmp_path: Path) ->
     cfg = _settings(run["roi"])
     oof = run_oof(run["roi"], run["pre"], None, cfg, out=tmp_path / "oof.parquet").sort(ID_COL)
     assert oof.height == 8 and set(oof["fold"].to_list()) == {0, 1}
+    # The segmenter learnt the labelled series of both folds: the report says the region estimate is optimistic.
+    regions = json.loads((tmp_path / "oof_regions.json").read_text())
+    assert regions["finder_saw_validation"] == 4 and regions["estimate"].startswith("optimistic")
     for fold in (0, 1):
         part = oof.filter(pl.col("fold") == fold)
         predictor = Predictor(run["roi"], replace(cfg, folds=[fold]))

@@ -152,19 +152,21 @@ def region_recall(regions: pl.DataFrame, pre_dir: str | Path) -> dict[str, Any]:
     """Stage one's metrics: share of the localizers inside the predicted box, box sizes, fallback count, and whether
     the estimate is out-of-fold (``finder_saw_validation``: validation series the finder trained on)."""
     out: dict[str, Any] = {"series": regions.height,
-                           "fallback": int((regions["source"] == "fallback").sum()),
+                           "fallback": int(regions["source"].str.starts_with("fallback").sum()),
                            "box_mm_mean": [round(float(regions[f"size_{a}"].mean()), 1) for a in "xyz"],
                            "box_ml_mean": round(float((regions["size_x"] * regions["size_y"] * regions["size_z"])
                                                       .mean()) / 1000.0, 1)}
     saw = regions["finder_saw"].drop_nulls() if "finder_saw" in regions.columns else pl.Series([], dtype=pl.Boolean)
     if saw.len() < regions.height:
-        out["estimate"] = "unknown: the region finder's metrics do not list its training series"
+        out["estimate"] = ("unknown: stage one's metrics (region finder or vessel segmenter) do not list its "
+                           "training series")
         out["finder_saw_validation"] = None
     else:
         n_saw = int(saw.cast(pl.Int64).sum())
         out["finder_saw_validation"] = n_saw
         out["estimate"] = "out-of-fold" if n_saw == 0 else (
-            f"optimistic: the region finder trained on {n_saw} of these {regions.height} series")
+            f"optimistic: stage one (region finder or vessel segmenter) trained on {n_saw} of these {regions.height} "
+            "series")
     locs = read_localizers(pre_dir)
     if locs.height:
         j = locs.join(regions, on=ID_COL, how="inner")

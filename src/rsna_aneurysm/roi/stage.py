@@ -123,6 +123,10 @@ def load_vessel_roi(run_dir: str | Path, checkpoints: dict[int, Path], cfg: Any,
         source = "kit"
     fallback, error = _fallback_locator(run_dir, region_fold, str(device))
     locator = VesselLocator(region, segmenter, fallback)
+    # The series whose vessel labels the segmenter learnt (out-of-fold reports say when they are scored).
+    seen = ((getattr(segmenter, "meta", None) or {}).get("metrics") or {})
+    if "train_series" in seen:
+        locator.train_series = frozenset(seen["train_series"]) | frozenset(seen.get("val_series") or [])
     pre = meta.get("preprocessing") or {}
     spacing = pre.get("spacing")
     pre_mm = float(spacing[0]) if isinstance(spacing, (list, tuple)) and spacing else 1.0

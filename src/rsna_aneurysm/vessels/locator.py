@@ -78,6 +78,7 @@ class VesselLocator:
         self.fallback = fallback or RegionLocator(RegionConfig(box_mm=cfg.box_mm), None)
         self.atlas = None
         self.last_probs: VesselProbs | None = None
+        self.train_series: frozenset[str] | None = None  # the segmenter's labelled series, when known
 
     def locate_from(self, vol: Volume, mask: np.ndarray | None, probs: VesselProbs | None) -> RegionBox:
         uid = vol.meta.get("series_uid") or "series"

@@ -285,11 +285,13 @@ def train_segmenter(pre_dir: str | Path, out_dir: str | Path, cfg: SegmenterConf
             score = ev["class_dice"] if math.isfinite(ev["class_dice"]) else -1.0
             if score > best:
                 best = score
-                metrics = {"epoch": epoch, "val": ev, "n_train": len(train), "n_val": len(val)}
+                metrics = {"epoch": epoch, "val": ev, "n_train": len(train), "n_val": len(val),
+                           "train_series": [s.uid for s in train], "val_series": [s.uid for s in val]}
                 save_checkpoint(checkpoint_payload(net, cfg.unet, cfg.spacing_mm, cfg.patch, to_dict(cfg), metrics,
                                                    epoch, preprocessing), folder / SEGMENTER_FILE)
         elif not val and last:
-            metrics = {"epoch": epoch, "val": None, "n_train": len(train), "n_val": 0}
+            metrics = {"epoch": epoch, "val": None, "n_train": len(train), "n_val": 0,
+                       "train_series": [s.uid for s in train], "val_series": []}
             save_checkpoint(checkpoint_payload(net, cfg.unet, cfg.spacing_mm, cfg.patch, to_dict(cfg), metrics,
                                                epoch, preprocessing), folder / SEGMENTER_FILE)
         history.append(row)
