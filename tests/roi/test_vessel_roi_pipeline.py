@@ -40,7 +40,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rate = synth_dataset.SEGMENTATION_RATE
     synth_dataset.SEGMENTATION_RATE = 0.5
     try:
-        generate_dataset(root / "data", n_series=8, preset="tiny", seed=4, n_test=0)
+        generate_dataset(root / "data", n_series=8, preset="tiny", seed=4, n_test=3)
     finally:
         synth_dataset.SEGMENTATION_RATE = rate
     preprocess_dataset(root / "data", root / "pre", PreprocessConfig(spacing=(4.0, 4.0, 4.0)), progress=False)
@@ -131,3 +131,25 @@ def test_training_from_scratch_is_a_switch(run: dict[str, Path], tmp_path: Path)
 def test_roi_cache_config_check() -> None:
     with pytest.raises(Exception, match="shape"):
         RoiConfig(shape=(4, 4, 4))
+
+
+def test_pipelines_report_scores_vessel_roi_beside_the_others(run: dict[str, Path], tmp_path: Path) -> None:
+    import weights_helper
+
+    from rsna_aneurysm.infer.compare import compare_pipelines
+
+    pre_cfg = json.loads((run["pre"] / "config.json").read_text())
+    fine = weights_helper.make_weights(tmp_path / "fine", folds=(0, 1), patch=16, spacing_mm=4.0,
+                                       preprocessing=pre_cfg)
+    weights_helper.add_region(fine)
+    cfg = json.loads((fine / "config.json").read_text())  # the ROI run's folds: the one fold function, k=2, seed 0
+    cfg["data"] = {"preprocessed": str(run["pre"]), "folds": None, "n_folds": 2, "fold_seed": 0}
+    (fine / "config.json").write_text(json.dumps(cfg))
+    report = compare_pipelines(fine, tmp_path / "report", cfg=_settings(fine), test_dir=run["data"] / "test",
+                               roi_runs=[("vessel-ROI", run["roi"])])
+    rows = report["pipelines"]
+    assert list(rows) == ["whole-scan", "two-stage", "vessel-ROI"]
+    assert all(r["series"] == 8 and r["test"]["series"] == 3 for r in rows.values())
+    assert set(report["test_differences"]) == {"whole-scan", "vessel-ROI"}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| vessel-ROI | 8 |" in md and "paired bootstrap" in md

@@ -312,3 +312,37 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, y_score: np.ndarray
         if key in report:
             paths[key] = plot_group_scores(report, key, out_dir / f"score_{key}.png")
     return paths
+
+
+def paired_differences(y_true: np.ndarray, scores: dict[str, np.ndarray], reference: str, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95, min_valid: int = MIN_VALID_RESAMPLES
+                       ) -> dict[str, dict[str, Any]]:
+    """Score of each entry of ``scores`` (name -> (n, 14) predictions of the same series) minus the score of
+    ``reference``, with a paired bootstrap interval: every pipeline is scored on the same resamples (the same seed
+    draws the same series), so the interval is that of the difference, not of two overlapping scores.
+
+    Only resamples in which every column the point estimate used holds both classes count (``n_valid``); with
+    fewer than ``min_valid`` of them the interval is None. ``p_not_better``: share of those resamples in which the
+    entry does not beat the reference (a one-sided bootstrap p-value)."""
+    names = list(scores)
+    point_aucs = {k: np.array([np.nan if v is None else v
+                               for v in parts_from_arrays(y_true, scores[k]).aucs.values()]) for k in names}
+    used = ~np.isnan(point_aucs[reference])
+    boots = {k: bootstrap_aucs(y_true, scores[k], n_boot, seed) for k in names}
+    valid = ~np.isnan(boots[reference][:, used]).any(1)
+    per = {k: np.array([combine(np.where(used, b, np.nan))[0] if ok else np.nan
+                        for b, ok in zip(boots[k], valid)]) for k in names}
+    point = {k: combine(np.where(used, point_aucs[k], np.nan))[0] for k in names}
+    out: dict[str, dict[str, Any]] = {}
+    for k in names:
+        if k == reference:
+            continue
+        d = (per[k] - per[reference])[valid]
+        est = point[k] - point[reference]
+        ci = None
+        if len(d) >= max(min_valid, 1):
+            lo, hi = np.percentile(d, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+            ci = [float(lo), float(hi)]
+        out[k] = {"reference": reference, "diff": float(est), "ci": ci, "n_valid": int(len(d)),
+                  "p_not_better": float((d <= 0).mean()) if len(d) else None, "level": level}
+    return out

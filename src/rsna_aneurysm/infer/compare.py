@@ -107,11 +107,31 @@ def compare_pipelines(run_dir: str | Path, out_dir: str | Path, preprocessed: st
         if row.pop("series_uids", reference) != reference:
             raise OOFError(f"{name} predicted other out-of-fold series than two-stage; compare runs with the same "
                            "folds (--folds-table)")
+    if test_dir is not None and len(rows) > 2:
+        rows_diff = _paired_test_differences(out, Path(test_dir), [(n, t) for n, _, _, t in entries])
+    else:
+        rows_diff = None
     report = {"preprocessed": str(pre.root), "folds": folds, "test": None if test_dir is None else str(test_dir),
-              "pipelines": rows}
+              "pipelines": rows, "test_differences": rows_diff}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "report.md", format_report(report))
     return report
+
+
+def _paired_test_differences(out: Path, test_dir: Path, names: list[tuple[str, str]]) -> dict[str, Any]:
+    """Each pipeline's test score minus two-stage's, with a paired bootstrap interval (the same resampled series
+    for every pipeline: ``evaluate.report.paired_differences``)."""
+    from ..evaluate.report import paired_differences
+
+    solution = read_labels(TestDir(test_dir).solution_csv).sort(ID_COL)
+    y = solution.select(LABEL_COLS).to_numpy().astype(float)
+    preds = {}
+    for name, tag in names:
+        sub = pl.read_parquet(out / f"test_{tag}.parquet").sort(ID_COL)
+        if sub[ID_COL].to_list() != solution[ID_COL].to_list():
+            raise OOFError(f"{name}: the test predictions do not cover the solution's series")
+        preds[name] = sub.select(LABEL_COLS).to_numpy().astype(float)
+    return paired_differences(y, preds, "two-stage", n_boot=N_BOOT)
 
 
 def _f(v: float | None, nd: int = 4) -> str:
@@ -154,4 +174,13 @@ def format_report(report: dict[str, Any]) -> str:
             score = _f(t["score"]) + _ci(t) + (" (partial)" if t["partial"] else " (strict)")
             lines.append(f"| {name} | {t['series']} | {score} | {_f(t['aneurysm_auc'])} | {_f(t['location_auc'])} | "
                          f"{t['seconds_per_series']:.2f} | {t['fallback']} |")
+    diffs = report.get("test_differences")
+    if diffs:
+        lines += ["", "Test score minus two-stage's, paired bootstrap (the same resampled series for every "
+                  "pipeline):", "", "| pipeline | difference [95 % CI] | resamples | share not better |",
+                  "|---|---|---|---|"]
+        for name, d in diffs.items():
+            ci = f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else " (too few resamples)"
+            share = "-" if d["p_not_better"] is None else f"{d['p_not_better']:.2f}"
+            lines.append(f"| {name} | {d['diff']:+.4f}{ci} | {d['n_valid']} | {share} |")
     return "\n".join(lines) + "\n"
