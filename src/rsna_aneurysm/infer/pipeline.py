@@ -353,12 +353,7 @@ class ScanPipeline:
         else:
             probs, peaks_w, peaks_p = np.clip(np.asarray(scan.probs, dtype=np.float64), 0.0, 1.0), \
                 np.zeros((0, 3)), np.zeros(0)
-        bad = ~np.isfinite(probs)
-        if bad.any():  # a fallback value beats a NaN in the submission; say which labels
-            flags["nonfinite"] = [LABEL_COLS[i] for i in np.flatnonzero(bad)]
-            log.warning("%s: non-finite output for %s; those labels get the fallback value",
-                        vol.meta.get("series_uid") or "series", flags["nonfinite"])
-            probs[bad] = np.asarray(self.fallback_values)[bad]
+        self._replace_nonfinite(probs, flags, vol)
         heat = None
         if want_heatmap and scan.heatmap is not None:
             clipped = np.clip(scan.heatmap, 0.0, 1.0).astype(np.float32)
@@ -379,10 +374,7 @@ class ScanPipeline:
                           want_heatmap, on_batch, self.clock)
         probs = out.probs
         flags: dict[str, Any] = {"region_source": out.box.source, "region_reason": out.box.reason}
-        bad = ~np.isfinite(probs)
-        if bad.any():
-            flags["nonfinite"] = [LABEL_COLS[i] for i in np.flatnonzero(bad)]
-            probs[bad] = np.asarray(self.fallback_values)[bad]
+        self._replace_nonfinite(probs, flags, vol)
         heat = None
         if want_heatmap and out.sphere is not None:
             heat = out.grid.volume(np.clip(out.sphere, 0.0, 1.0).astype(np.float32), like=vol)
@@ -394,6 +386,15 @@ class ScanPipeline:
         return ScanResult(probs=probs, heatmap=heat, region=out.box, grid=out.grid, peaks_world=out.peaks_world,
                           peaks_prob=out.peaks_prob, n_windows=len(models), n_passes=2 if tta else 1,
                           timings=timings, flags=flags | {"shape_kji": list(out.grid.shape)})
+
+    def _replace_nonfinite(self, probs: np.ndarray, flags: dict[str, Any], vol: Volume) -> None:
+        """A fallback value beats a NaN in the submission: replace non-finite outputs in place and say which."""
+        bad = ~np.isfinite(probs)
+        if bad.any():
+            flags["nonfinite"] = [LABEL_COLS[i] for i in np.flatnonzero(bad)]
+            log.warning("%s: non-finite output for %s; those labels get the fallback value",
+                        vol.meta.get("series_uid") or "series", flags["nonfinite"])
+            probs[bad] = np.asarray(self.fallback_values)[bad]
 
     @staticmethod
     def _to_model_grid(vol: Volume, mask: Volume | None, spacing_mm: float, flags: dict[str, Any]

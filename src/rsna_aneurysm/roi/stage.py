@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import from_dict
+from ..constants import LR_PERMUTATION
 from ..region.finder import RegionBox
 from ..region.geometry import Grid
 from ..runtime import autocast, resolve_device, resolve_precision
@@ -143,8 +144,6 @@ def predict_roi(parts: VesselRoiParts, vol: Volume, mask: np.ndarray | None, mod
     x = torch.from_numpy(roi.x)[None].to(parts.device)
     xs = [x, flip_input(x)] if tta else [x]
     probs, spheres = [], []
-    from ..constants import LR_PERMUTATION
-
     for model in models:
         for n, inp in enumerate(xs):
             with autocast(parts.device, parts.precision):
