@@ -75,7 +75,7 @@ class RoiPrediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _fallback_locator(run_dir: Path, region_fold: int | None, device: str) -> tuple[Any, str | None]:
+def fallback_locator(run_dir: Path, region_fold: int | None, device: str) -> tuple[Any, str | None]:
     """The region finder's stage of the run (its fold's when there is one; its ``locate`` never raises) as the
     vessel locator's fallback, or None (the head-geometry box)."""
     from ..region.stage_one import has_region, load_region
@@ -122,7 +122,7 @@ def load_vessel_roi(run_dir: str | Path, checkpoints: dict[int, Path], cfg: Any,
     else:
         segmenter = KitSegmenter.load(segmenter_file(run_dir), device=str(device), precision=cfg.window.precision)
         source = "kit"
-    fallback, error = _fallback_locator(run_dir, region_fold, str(device))
+    fallback, error = fallback_locator(run_dir, region_fold, str(device))
     locator = VesselLocator(region, segmenter, fallback)
     # The series whose vessel labels the segmenter learnt (out-of-fold reports say when they are scored).
     seen = ((getattr(segmenter, "meta", None) or {}).get("metrics") or {})

@@ -32,7 +32,7 @@ from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
 from ..io.atomic import atomic_path, atomic_write_csv, atomic_write_text
 from ..io.nifti import read_volume
 from ..io.tables import read_labels
-from ..layout import PreDir, RunDir, read_localizers, read_manifest
+from ..layout import PreDir, RunDir, read_localizers, read_manifest, region_files
 from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from ..train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from ..vessels.locator import VesselLocator, VesselRegionConfig
@@ -87,22 +87,30 @@ def segmenter_path(weights: str | Path) -> Path:
     return Path(weights) / VESSELS_DIR / SEGMENTER_FILE
 
 
-def _cache_key(cfg: RoiTrainConfig, seg_path: Path) -> str:
-    ckpt = read_segmenter(seg_path)
-    return json.dumps({"roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "segmenter_epoch": ckpt["epoch"],
-                       "segmenter_metrics": ckpt.get("metrics", {}).get("val", {}) and
-                       ckpt["metrics"]["val"].get("class_dice")}, sort_keys=True, default=str)
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else ""
+
+
+def _cache_key(cfg: RoiTrainConfig, seg_path: Path, weights: Path) -> str:
+    """What the cached ROIs depend on: ROI and region settings, the segmenter and the fallback finder (digests)."""
+    read_segmenter(seg_path)  # a clear error for a missing or foreign segmenter, before any work
+    files = region_files(weights) or {}
+    return json.dumps({"roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "segmenter": _digest(seg_path),
+                       "finder": _digest(files["finder"]) if "finder" in files else ""}, sort_keys=True)
 
 
 def _cache_one(args: tuple[str, str, str, str, dict[str, Any], list[list[float]], list[float]]) -> dict[str, Any]:
-    uid, vol_path, mask_path, seg_path, cfg_dict, points, labels = args
+    uid, vol_path, mask_path, weights, cfg_dict, points, labels = args
     cfg = from_dict(RoiTrainConfig, cfg_dict)
-    torch.set_num_threads(1)
-    seg = _segmenter_cached(seg_path)
+    seg, fallback = _stage_one_cached(weights)
     vol = read_volume(vol_path, mmap=False)
     vol.meta["series_uid"] = uid
     mask = np.asarray(read_volume(mask_path).array) if mask_path else None
-    roi = build_roi(vol, mask, seg, VesselLocator(cfg.region, seg), cfg.roi, pad_vox=cfg.roi.jitter_vox)
+    # The locator the kernel builds: segmenter, then the run's region finder, then the head geometry.
+    locator = VesselLocator(cfg.region, seg, fallback)
+    roi = build_roi(vol, mask, seg, locator, cfg.roi, pad_vox=cfg.roi.jitter_vox)
     centers = roi.grid.world_to_index(np.asarray(points, dtype=np.float64).reshape(-1, 3)) if points else \
         np.zeros((0, 3))
     return {"uid": uid, "image": roi.x[0].astype(np.float16), "vessels": np.round(roi.x[4:] * 255).astype(np.uint8),
@@ -112,13 +120,22 @@ def _cache_one(args: tuple[str, str, str, str, dict[str, Any], list[list[float]]
             "inside": [bool(v) for v in roi.grid.contains(np.asarray(points).reshape(-1, 3))] if points else []}
 
 
-_SEG: dict[str, KitSegmenter] = {}
+def _one_thread() -> None:
+    """Pool workers share the cores: one torch thread each (the main process keeps its own setting)."""
+    torch.set_num_threads(1)
 
 
-def _segmenter_cached(path: str) -> KitSegmenter:
-    if path not in _SEG:
-        _SEG[path] = KitSegmenter.load(path, device="cpu")
-    return _SEG[path]
+_STAGE_ONE: dict[str, tuple[KitSegmenter, Any]] = {}
+
+
+def _stage_one_cached(weights: str) -> tuple[KitSegmenter, Any]:
+    """(segmenter, fallback locator) of a vessel-ROI run folder, loaded once per process."""
+    from .stage import fallback_locator
+
+    if weights not in _STAGE_ONE:
+        _STAGE_ONE[weights] = (KitSegmenter.load(segmenter_path(weights), device="cpu"),
+                               fallback_locator(Path(weights), None, "cpu")[0])
+    return _STAGE_ONE[weights]
 
 
 def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path, cfg: RoiTrainConfig,
@@ -127,7 +144,7 @@ def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path,
     returns the index (one row per series: file, labels, region source, whether each aneurysm is inside)."""
     pre = PreDir(pre_dir)
     seg_path = segmenter_path(weights)
-    key = _cache_key(cfg, seg_path)
+    key = _cache_key(cfg, seg_path, Path(weights))
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     key_file = cache / "cache_key.json"
@@ -160,7 +177,7 @@ def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path,
             except Exception:  # noqa: BLE001 - a torn entry is rebuilt
                 out.unlink()
         jobs.append((uid, str(pre.root / r["volume"]), str(pre.root / r["mask"]) if r.get("mask") else "",
-                     str(seg_path), cfg_dict, pts.get(uid, []), row["labels"]))
+                     str(weights), cfg_dict, pts.get(uid, []), row["labels"]))
     t0 = time.perf_counter()
 
     def _store(res: dict[str, Any]) -> None:
@@ -176,7 +193,7 @@ def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path,
                      "n_points": len(res["inside"])})
 
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(cfg.workers) as pool:
+        with ProcessPoolExecutor(cfg.workers, initializer=_one_thread) as pool:
             for res in pool.map(_cache_one, jobs):
                 _store(res)
     else:
