@@ -153,3 +153,15 @@ def test_pipelines_report_scores_vessel_roi_beside_the_others(run: dict[str, Pat
     assert set(report["test_differences"]) == {"whole-scan", "vessel-ROI"}
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| vessel-ROI | 8 |" in md and "paired bootstrap" in md
+
+
+def test_the_cache_built_in_worker_processes_equals_the_sequential_one(run: dict[str, Path], tmp_path: Path) -> None:
+    from rsna_aneurysm.roi.train import build_cache
+
+    uids = sorted(p.name for p in (run["data"] / "series").iterdir())[:3]
+    index = build_cache(run["pre"], run["roi"], tmp_path / "cache", replace(ROI_CFG, workers=2), uids=uids)
+    assert sorted(index[ID_COL].to_list()) == uids
+    for uid in uids:
+        with np.load(tmp_path / "cache" / f"{uid}.npz") as a, np.load(run["roi"] / "roi_cache" / f"{uid}.npz") as b:
+            for key in ("image", "vessels", "centers", "labels", "grid_origin"):
+                np.testing.assert_array_equal(a[key], b[key])

@@ -193,7 +193,11 @@ def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path,
                      "n_points": len(res["inside"])})
 
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(cfg.workers, initializer=_one_thread) as pool:
+        import multiprocessing
+
+        # spawn, never fork: the parent holds torch's thread pool, and a forked child can hang on it.
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
             for res in pool.map(_cache_one, jobs):
                 _store(res)
     else:
