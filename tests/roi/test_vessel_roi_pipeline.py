@@ -165,3 +165,15 @@ def test_the_cache_built_in_worker_processes_equals_the_sequential_one(run: dict
         with np.load(tmp_path / "cache" / f"{uid}.npz") as a, np.load(run["roi"] / "roi_cache" / f"{uid}.npz") as b:
             for key in ("image", "vessels", "centers", "labels", "grid_origin"):
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_trained_nnunet_folder_can_be_the_segmenter(run: dict[str, Path], tmp_path: Path) -> None:
+    from nnunet_folder import write_folder  # tests/helpers
+
+    folder = write_folder(tmp_path / "nnunet", spacing=(4.0, 4.0, 4.0))
+    cfg = _settings(run["roi"], nnunet_folder=str(folder), nnunet_folds=[0])
+    pipeline = ScanPipeline(run["roi"], cfg).load()
+    assert pipeline.vessel_parts.segmenter_source.startswith("nnU-Net")
+    uid = sorted(p.name for p in (run["data"] / "series").iterdir())[0]
+    row = Predictor(run["roi"], cfg).predict(str(run["data"] / "series" / uid)).to_numpy()
+    assert np.isfinite(row).all() and ((row >= 0) & (row <= 1)).all()
