@@ -231,6 +231,16 @@ LAST_CKPT = "last.pt"
 METRICS_CSV = "metrics.csv"
 
 
+# The vessel-ROI pipeline's files: the segmenter in a run folder (vessels/segmenter.pt) and flat in a packaged
+# weights dataset (Kaggle datasets hold no folders), the ROI settings, and the ROI cache's index (not index.parquet:
+# it is no patch cache).
+VESSELS_DIR = "vessels"
+SEGMENTER_FILE = "segmenter.pt"
+SEGMENTER_FLAT = "vessels_segmenter.pt"
+ROI_JSON = "roi.json"
+ROI_INDEX = "roi_index.parquet"
+
+
 # -- a training run / weights folder (written by `rsna-aneurysm train`, `region train`, `oof`, `score`) ----------
 @dataclass(frozen=True)
 class RunDir:
@@ -266,6 +276,16 @@ class RunDir:
     @property
     def predictor(self) -> Path:
         return self.root / "predictor.json"
+
+    @property
+    def segmenter(self) -> Path:
+        """The vessel segmenter of a run folder (``vessels train`` writes it into its own run's ``vessels/``)."""
+        return self.root / VESSELS_DIR / SEGMENTER_FILE
+
+    @property
+    def roi_json(self) -> Path:
+        """A vessel-ROI run's ROI and region settings, and the marker of such a folder."""
+        return self.root / ROI_JSON
 
     @property
     def prevalence(self) -> Path:

@@ -17,8 +17,9 @@ from rsna_aneurysm.constants import ID_COL, LABEL_COLS
 from rsna_aneurysm.infer.oof import run_oof
 from rsna_aneurysm.infer.pipeline import PredictorConfig, ScanPipeline, WeightsError
 from rsna_aneurysm.infer.predictor import Predictor
+from rsna_aneurysm.layout import SEGMENTER_FLAT
 from rsna_aneurysm.roi.data import RoiConfig
-from rsna_aneurysm.roi.stage import SEGMENTER_FLAT, has_vessel_roi
+from rsna_aneurysm.roi.stage import has_vessel_roi
 from rsna_aneurysm.roi.train import RoiTrainConfig, train_roi_run
 from rsna_aneurysm.vessels.train import SegmenterConfig, train_segmenter
 

@@ -197,7 +197,8 @@ def stage_weights(run_dir: Path, dest: Path, folds: list[int] | None = None, che
 def stage_vessel_roi(run_dir: Path, dest: Path) -> list[str]:
     """A vessel-ROI run's own files, flat: ``roi.json`` and the segmenter as ``vessels_segmenter.pt`` (the ROI
     classifiers are the fold checkpoints, the region finder stage one's files). Returns the paths stripped."""
-    from ..roi.stage import ROI_JSON, SEGMENTER_FLAT, has_vessel_roi, segmenter_file
+    from ..layout import ROI_JSON, SEGMENTER_FLAT
+    from ..roi.stage import has_vessel_roi, segmenter_file
 
     if not has_vessel_roi(run_dir):
         return []

@@ -20,6 +20,7 @@ import torch
 
 from ..config import from_dict
 from ..constants import LR_PERMUTATION
+from ..layout import SEGMENTER_FLAT, RunDir
 from ..region.finder import RegionBox
 from ..region.geometry import Grid
 from ..runtime import autocast, resolve_device, resolve_precision
@@ -31,23 +32,20 @@ from .model import RoiClassifier, flip_input
 
 log = logging.getLogger(__name__)
 
-ROI_JSON = "roi.json"
-SEGMENTER_REL = "vessels/segmenter.pt"  # in a run folder
-SEGMENTER_FLAT = "vessels_segmenter.pt"  # in a packaged weights dataset (Kaggle datasets hold no folders)
 
 
 def segmenter_file(run_dir: str | Path) -> Path | None:
     """The vessel segmenter of a weights folder: ``vessels/segmenter.pt`` (run) or ``vessels_segmenter.pt``
     (packaged); None when it has neither."""
-    for rel in (SEGMENTER_REL, SEGMENTER_FLAT):
-        if (Path(run_dir) / rel).is_file():
-            return Path(run_dir) / rel
+    for path in (RunDir(run_dir).segmenter, Path(run_dir) / SEGMENTER_FLAT):
+        if path.is_file():
+            return path
     return None
 
 
 def has_vessel_roi(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` is a vessel-ROI weights folder (``roi.json`` and the segmenter beside it)."""
-    return (Path(run_dir) / ROI_JSON).is_file() and segmenter_file(run_dir) is not None
+    return RunDir(run_dir).roi_json.is_file() and segmenter_file(run_dir) is not None
 
 
 @dataclass
@@ -96,7 +94,7 @@ def load_vessel_roi(run_dir: str | Path, checkpoints: dict[int, Path], cfg: Any,
     from ..train.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
-    spec = json.loads((run_dir / ROI_JSON).read_text())
+    spec = json.loads(RunDir(run_dir).roi_json.read_text())
     roi = from_dict(RoiConfig, spec.get("roi") or {})
     region = from_dict(VesselRegionConfig, spec.get("region") or {})
     device = resolve_device(cfg.window.device)

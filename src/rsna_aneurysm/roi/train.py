@@ -32,7 +32,7 @@ from ..constants import ANEURYSM_PRESENT, ID_COL, LABEL_COLS
 from ..io.atomic import atomic_path, atomic_write_csv, atomic_write_text
 from ..io.nifti import read_volume
 from ..io.tables import read_labels
-from ..layout import PreDir, RunDir, read_localizers, read_manifest, region_files
+from ..layout import ROI_INDEX, PreDir, RunDir, read_localizers, read_manifest, region_files
 from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from ..train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from ..vessels.locator import VesselLocator, VesselRegionConfig
@@ -44,8 +44,6 @@ from .model import RoiClassifier, predict_logits
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "roi_classifier"
-VESSELS_DIR, SEGMENTER_FILE = "vessels", "segmenter.pt"
-INDEX_FILE = "roi_index.parquet"  # not index.parquet: this is no patch cache
 
 
 @dataclass
@@ -83,8 +81,8 @@ class RoiTrainConfig:
 
 
 def segmenter_path(weights: str | Path) -> Path:
-    """``<weights>/vessels/segmenter.pt`` (a run folder or a packaged weights dataset)."""
-    return Path(weights) / VESSELS_DIR / SEGMENTER_FILE
+    """``<weights>/vessels/segmenter.pt`` of a run folder (``layout.RunDir.segmenter``)."""
+    return RunDir(weights).segmenter
 
 
 def _digest(path: Path) -> str:
@@ -207,7 +205,7 @@ def build_cache(pre_dir: str | Path, weights: str | Path, cache_dir: str | Path,
         log.info("ROI cache: %d series in %.1f s (%.2f s each)", len(jobs), time.perf_counter() - t0,
                  (time.perf_counter() - t0) / len(jobs))
     index = pl.DataFrame(rows).sort(ID_COL)
-    index.write_parquet(cache / INDEX_FILE)
+    index.write_parquet(cache / ROI_INDEX)
     return index
 
 
@@ -260,9 +258,7 @@ def checkpoint_meta(cfg: RoiTrainConfig, kwargs: dict[str, Any], seg_ckpt: dict[
 
 def write_roi_json(out_dir: str | Path, cfg: RoiTrainConfig) -> Path:
     """``roi.json``: the ROI and region settings the pipeline reads (and the marker of a vessel-ROI folder)."""
-    from .stage import ROI_JSON
-
-    return atomic_write_text(Path(out_dir) / ROI_JSON, json.dumps(
+    return atomic_write_text(RunDir(out_dir).roi_json, json.dumps(
         {"roi": to_dict(cfg.roi), "region": to_dict(cfg.region), "config": to_dict(cfg)}, indent=2) + "\n")
 
 
@@ -289,7 +285,7 @@ def train_roi(cache_dir: str | Path, weights: str | Path, out_dir: str | Path, c
     """Train the ROI classifier per fold into ``out_dir`` (``fold_<k>/best.pt``, ``last.pt``, ``metrics.csv``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    index = pl.read_parquet(Path(cache_dir) / INDEX_FILE)
+    index = pl.read_parquet(Path(cache_dir) / ROI_INDEX)
     index = index.join(folds_table.select(ID_COL, "fold"), on=ID_COL, how="inner")
     if index.height < 4:
         raise ValueError(f"{cache_dir}: only {index.height} cached series with a fold; need at least 4")
@@ -391,11 +387,11 @@ def link_stage_one(out_dir: str | Path, weights: str | Path) -> None:
     import shutil
 
     out = Path(out_dir)
-    dst = out / VESSELS_DIR
-    dst.mkdir(parents=True, exist_ok=True)
+    dst = RunDir(out).segmenter
+    dst.parent.mkdir(parents=True, exist_ok=True)
     src = segmenter_path(weights)
-    if src.resolve() != (dst / SEGMENTER_FILE).resolve():
-        shutil.copyfile(src, dst / SEGMENTER_FILE)
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
 
 
 def train_roi_run(pre_dir: str | Path, segmenter_run: str | Path, out_dir: str | Path, cfg: RoiTrainConfig,

@@ -29,7 +29,7 @@ from ..config import require, to_dict
 from ..constants import ID_COL
 from ..io.atomic import atomic_write_csv, atomic_write_text
 from ..io.nifti import read_volume
-from ..layout import PreDir, read_manifest
+from ..layout import SEGMENTER_FILE, PreDir, RunDir, read_manifest
 from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from .model import IN_CHANNELS, UNetConfig, build_unet, position_channels
 from .segmenter import KitSegmenter, checkpoint_payload
@@ -37,8 +37,6 @@ from .types import N_VESSEL_CLASSES, SEG_LR_PERMUTATION
 
 log = logging.getLogger(__name__)
 
-VESSELS_DIR = "vessels"
-SEGMENTER_FILE = "segmenter.pt"
 
 
 
@@ -223,7 +221,7 @@ def train_segmenter(pre_dir: str | Path, out_dir: str | Path, cfg: SegmenterConf
     cfg = cfg or SegmenterConfig()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    folder = Path(out_dir) / VESSELS_DIR
+    folder = RunDir(out_dir).segmenter.parent
     folder.mkdir(parents=True, exist_ok=True)
     series = load_labelled(pre_dir, cfg.spacing_mm)
     if not series:
